@@ -1,0 +1,133 @@
+"""Build a YOLO ``nn.Module`` from the Ultralytics architecture table stored with the weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit.errors import EdgekitError
+from edgekit.models.yolo.checkpoint import Checkpoint
+from edgekit.models.yolo.modules import C2f, C3, SPPF, Bottleneck, Concat, Conv, Detect, DetectV8
+
+_BLOCKS = {"Conv": Conv, "C3": C3, "C2f": C2f, "SPPF": SPPF, "Bottleneck": Bottleneck}
+_REPEATED = {C3, C2f}
+
+
+def _make_divisible(x: float, divisor: int = 8) -> int:
+    return int(math.ceil(x / divisor) * divisor)
+
+
+class YoloModel(nn.Module):
+    """A YOLO network: ``model`` is the layer list, ``save`` the indices whose outputs later layers reuse."""
+
+    def __init__(self, layers: list[nn.Module], froms: list[int | list[int]], save: set[int], names: list[str]):
+        super().__init__()
+        self.model = nn.Sequential(*layers)
+        self.froms, self.save, self.names = froms, save, names
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cache: dict[int, torch.Tensor] = {}
+        for i, (layer, src) in enumerate(zip(self.model, self.froms)):
+            if src != -1:
+                x = cache[src] if isinstance(src, int) else [x if j == -1 else cache[j] for j in src]
+            x = layer(x)
+            if i in self.save:
+                cache[i] = x
+        return x
+
+
+def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Module], list, set[int]]:
+    nc = int(arch["nc"])
+    depth, width = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
+    max_channels = int(arch.get("max_channels", 1 << 30))
+    anchors = arch.get("anchors")
+    ch, layers, froms, save = [channels], [], [], set()
+    for i, (src, repeats, kind, args) in enumerate(arch["backbone"] + arch["head"]):
+        args = [nc if a == "nc" else anchors if a == "anchors" else None if a == "None" else a for a in args]
+        repeats = max(round(repeats * depth), 1) if repeats > 1 else repeats
+        kind = kind.removeprefix("nn.")
+        if kind in _BLOCKS:
+            block = _BLOCKS[kind]
+            c1, c2 = ch[src], args[0]
+            c2 = _make_divisible(min(c2, max_channels) * width, 8) if c2 != nc else c2
+            args = [c1, c2, *args[1:]]
+            if block in _REPEATED:
+                args.insert(2, repeats)
+                repeats = 1
+        elif kind == "Upsample":
+            block, c2 = nn.Upsample, ch[src]
+        elif kind == "Concat":
+            block, c2 = Concat, sum(ch[j] for j in src)
+        elif kind == "Detect" and anchors is not None and len(args) > 1:
+            block, c2 = Detect, None
+            args = [args[0], args[1], [ch[j] for j in src]]
+        elif kind == "Detect":
+            block, c2 = DetectV8, None
+            args = [args[0], [ch[j] for j in src]]
+        else:
+            raise EdgekitError(f"unsupported YOLO layer type '{kind}' at layer {i}", fix="use a YOLOv5 or YOLOv8 architecture")
+        module = nn.Sequential(*(block(*args) for _ in range(repeats))) if repeats > 1 else block(*args)
+        layers.append(module)
+        froms.append(src)
+        save.update(j % i for j in ([src] if isinstance(src, int) else src) if j != -1)
+        ch = ch[1:] if i == 0 else ch
+        ch.append(c2)
+    return layers, froms, save
+
+
+def build_model(arch: dict[str, Any], names: list[str] | None = None) -> YoloModel:
+    """Build an FP32 eval-mode YOLO model (random weights) and set its strides from a dry run."""
+    try:
+        layers, froms, save = _parse_layers(arch)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise EdgekitError(f"malformed YOLO architecture table ({type(exc).__name__}: {exc})", fix="check the checkpoint's yaml") from exc
+    nc = int(arch["nc"])
+    model = YoloModel(layers, froms, save, list(names) if names else [str(i) for i in range(nc)])
+    head = model.head
+    head.stride = torch.tensor([8.0, 16.0, 32.0][: head.nl])
+    with torch.no_grad():
+        probe = _feature_strides(model, 256)
+    head.stride = probe
+    if isinstance(head, Detect):
+        head.anchors /= head.stride.view(-1, 1, 1)
+    elif isinstance(head, DetectV8):
+        head.bias_init()
+    return model.eval()
+
+
+def _feature_strides(model: YoloModel, size: int) -> torch.Tensor:
+    """Strides of the feature maps that enter the head, from a dry run."""
+    captured: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _m, inp: captured.extend(inp[0]))
+    try:
+        model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        hook.remove()
+    return torch.tensor([size / f.shape[-2] for f in captured])
+
+
+def model_from_checkpoint(ckpt: Checkpoint) -> YoloModel:
+    """Build the architecture stored in ``ckpt`` and load its weights (as FP32) by key."""
+    model = build_model(ckpt.architecture, ckpt.names)
+    expected = model.state_dict()
+    state = {k: v for k, v in ckpt.state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise EdgekitError(
+            f"weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})",
+            ckpt.source,
+            "use the checkpoint the architecture table came from",
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise EdgekitError(f"shape mismatch for {key}: {tuple(tensor.shape)} vs {tuple(expected[key].shape)}", ckpt.source, "use matching weights")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return model.float().eval()

@@ -1,0 +1,88 @@
+"""Where Q/DQ pairs go. One quantization description, placed per backend.
+
+ONNX Runtime fuses ``DQ -> op -> Q`` groups into integer kernels (QLinearConv, QLinearSigmoid, QLinearMul,
+QLinearAdd, QLinearConcat, int8 MaxPool). A Conv whose output is not re-quantized is *not* fused: it runs as DQ +
+float Conv, slower than FP32. So the ORT placement quantizes whole islands (Conv, its SiLU's Sigmoid and Mul,
+residual Adds, Concats, pools, resizes), which keeps data in uint8 between convolutions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import onnx
+
+from edgekit.quantization.graph import GraphIndex
+from edgekit.quantization.spec import QParams, QuantSpec, Range
+
+WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A backend's placement rules."""
+
+    name: str
+    ops: frozenset[str]
+    activation_dtype: str = "uint8"
+    fixed_ranges: dict[str, Range] = field(default_factory=dict)  # op type -> output range known a priori
+    shared_io: frozenset[str] = frozenset()  # ops whose output reuses the input's parameters
+
+
+ORT_PLACEMENT = Placement(
+    name="onnxruntime",
+    ops=frozenset({"Conv", "Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize"}),
+    fixed_ranges={"Sigmoid": Range(0.0, 1.0)},
+    shared_io=frozenset({"MaxPool", "Resize"}),
+)
+CONV_ONLY_PLACEMENT = Placement(name="conv-only", ops=frozenset({"Conv"}))
+PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT)}
+
+
+def matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def quantized_nodes(model: onnx.ModelProto, placement: Placement, float_nodes: list[str], float_ops: list[str]) -> list[onnx.NodeProto]:
+    """Nodes that run in INT8: the placement's op types minus float-kept nodes and op types."""
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in placement.ops and n.op_type not in float_ops and not matches(n.name, float_nodes)
+    ]
+
+
+def tensors_to_quantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[str]:
+    """Every non-constant input of a quantized node (these get a Q/DQ pair)."""
+    index = GraphIndex(model)
+    seen: dict[str, None] = {}
+    for node in nodes:
+        for name in node.input:
+            if name and not index.is_constant(name):
+                seen.setdefault(name)
+    return list(seen)
+
+
+def build_spec(
+    model: onnx.ModelProto,
+    placement: Placement,
+    ranges: dict[str, Range],
+    float_nodes: list[str],
+    float_ops: list[str],
+    per_channel: bool = True,
+) -> QuantSpec:
+    """Turn calibrated ranges into a ``QuantSpec`` under ``placement``'s rules."""
+    index = GraphIndex(model)
+    nodes = quantized_nodes(model, placement, float_nodes, float_ops)
+    spec = QuantSpec(float_nodes=[n.name for n in model.graph.node if matches(n.name, float_nodes) or n.op_type in float_ops])
+    for name in tensors_to_quantize(model, nodes):
+        producer = index.producer.get(name)
+        rng = placement.fixed_ranges.get(producer.op_type) if producer is not None else None
+        spec.activations[name] = QParams.from_range(rng or ranges[name], placement.activation_dtype)
+    for node in nodes:  # pools/resizes pass values through: same parameters in and out
+        if node.op_type in placement.shared_io and node.output[0] in spec.activations and node.input[0] in spec.activations:
+            spec.activations[node.output[0]] = spec.activations[node.input[0]]
+        if node.op_type in WEIGHT_OPS and len(node.input) > 1 and index.is_constant(node.input[1]):
+            spec.weights[node.input[1]] = WEIGHT_OPS[node.op_type] if per_channel else None
+    return spec

@@ -1,0 +1,55 @@
+"""Post-training static quantization: calibrate, build the spec, place Q/DQ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgekit.quantization.calibration import CalibrationResult, collect_ranges
+from edgekit.quantization.placement import ORT_PLACEMENT, Placement, build_spec, quantized_nodes, tensors_to_quantize
+from edgekit.quantization.qdq import insert_qdq
+from edgekit.quantization.spec import QuantSpec
+
+
+@dataclass
+class PTQResult:
+    model: onnx.ModelProto
+    spec: QuantSpec
+    calibration: CalibrationResult
+
+
+def quantize_static(
+    model: onnx.ModelProto,
+    images: list[Path],
+    preprocess: Callable[[Path], dict[str, np.ndarray]],
+    method: str = "percentile",
+    percentile: float = 99.99,
+    per_channel: bool = True,
+    float_nodes: list[str] | None = None,
+    float_ops: list[str] | None = None,
+    placement: Placement = ORT_PLACEMENT,
+    threads: int = 2,
+    progress: Callable[[str, int], Iterator[int]] | None = None,
+    use_cache: bool = True,
+) -> PTQResult:
+    """Calibrate ``model`` on ``images`` and return its Q/DQ INT8 version with the spec that describes it."""
+    float_nodes, float_ops = list(float_nodes or []), list(float_ops or [])
+    nodes = quantized_nodes(model, placement, float_nodes, float_ops)
+    tensors = tensors_to_quantize(model, nodes)
+    calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
+    spec = build_spec(model, placement, calib.ranges, float_nodes, float_ops, per_channel)
+    spec.settings = {
+        "method": method,
+        "percentile": percentile if method == "percentile" else None,
+        "per_channel": per_channel,
+        "placement": placement.name,
+        "activation_dtype": placement.activation_dtype,
+        "weight_dtype": "int8 symmetric",
+        "calibration_images": len(images),
+        "calibration_key": calib.key,
+    }
+    return PTQResult(insert_qdq(model, spec), spec, calib)

@@ -1,0 +1,169 @@
+"""Recipes: YAML files validated by pydantic. An unknown or mistyped key is an error naming key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgekit.assets import expand
+from edgekit.errors import EdgekitError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    family: Literal["yolo"] = "yolo"
+    weights: str = Field(description="safetensors or Ultralytics .pt checkpoint (read without executing pickle code)")
+    input_size: int = Field(640, ge=32, description="square input side in pixels; a multiple of the largest stride")
+    batch: int = Field(1, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand(value)
+
+
+class ExportSpec(_Strict):
+    opset: int = Field(17, ge=13, le=23)
+    dynamic_batch: bool = False
+    simplify: bool = True
+    tolerance: float = Field(1e-3, gt=0, description="max abs error allowed between PyTorch and ONNX (normalized outputs)")
+    nms_in_graph: bool = Field(False, description="append a class-wise NonMaxSuppression to a deployment graph")
+    passes: list[str] = Field(
+        default_factory=lambda: ["constant_folding", "fuse_conv_bn", "eliminate_identity", "remove_unused"],
+        description="fusion passes run after export, in order (see `edgekit inspect --passes`)",
+    )
+
+
+class CalibrationSpec(_Strict):
+    images: str
+    count: int = Field(128, ge=1, description="number of images used (the first N by name)")
+    warn_below: int = Field(32, ge=1)
+
+    @field_validator("images")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand(value)
+
+
+class KeepFloat(_Strict):
+    nodes: list[str] = Field(default_factory=list, description="node names (or name prefixes ending in '*') kept in float")
+    op_types: list[str] = Field(default_factory=list, description="ONNX op types kept in float")
+
+
+class QuantizationSpec(_Strict):
+    enabled: bool = True
+    calibration: CalibrationSpec
+    method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    percentile: float = Field(99.99, gt=50, le=100)
+    per_channel: bool = True
+    keep_float: KeepFloat = Field(default_factory=KeepFloat)
+
+
+class TargetSpec(_Strict):
+    backend: Literal["onnxruntime"]
+    precision: Literal["fp32", "int8"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.precision}"
+
+
+class DatasetSpec(_Strict):
+    images: str
+    annotations: str
+
+    @field_validator("images", "annotations")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand(value)
+
+
+class EvaluationSpec(_Strict):
+    dataset: DatasetSpec
+    metric: Literal["coco_map"] = "coco_map"
+    max_images: int | None = Field(None, ge=1)
+    conf_threshold: float = Field(0.001, ge=0, le=1)
+    iou_threshold: float = Field(0.65, gt=0, le=1)
+    max_detections: int = Field(300, ge=1)
+
+
+class BenchmarkSpec(_Strict):
+    warmup: int = Field(10, ge=0)
+    runs: int = Field(50, ge=1)
+    threads: int = Field(2, ge=1)
+
+
+class Budget(_Strict):
+    """A limit on how much a metric may drop versus FP32: absolute (``max_drop``) or relative (``max_relative_drop``)."""
+
+    max_drop: float | None = Field(None, ge=0)
+    max_relative_drop: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Budget":
+        if (self.max_drop is None) == (self.max_relative_drop is None):
+            raise ValueError("give exactly one of max_drop (absolute) or max_relative_drop (fraction)")
+        return self
+
+
+class Recipe(_Strict):
+    name: str
+    model: ModelSpec
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    quantization: QuantizationSpec | None = None
+    targets: list[TargetSpec] = Field(min_length=1)
+    evaluation: EvaluationSpec | None = None
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    budgets: dict[str, Budget] = Field(default_factory=dict, description="metric name -> allowed drop vs FP32")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _parse_targets(cls, value):
+        out = []
+        for item in value or []:
+            if isinstance(item, str):
+                backend, _, precision = item.partition(":")
+                item = {"backend": backend, "precision": precision or "fp32"}
+            out.append(item)
+        return out
+
+    @model_validator(mode="after")
+    def _int8_needs_quantization(self) -> "Recipe":
+        if any(t.precision == "int8" for t in self.targets) and self.quantization is None:
+            raise ValueError("an int8 target needs a `quantization:` section")
+        return self
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; every problem becomes an ``EdgekitError`` naming the key and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError("recipe not found", path, "pass the path of a recipe YAML, e.g. recipes/yolov5n.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise EdgekitError(f"invalid YAML{where}", path, "fix the YAML syntax") from exc
+    if not isinstance(data, dict):
+        raise EdgekitError("a recipe must be a YAML mapping", path, "see recipes/yolov5n.yaml")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _format_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise EdgekitError(f"unknown recipe key '{key}'", path, "remove it or correct its spelling (see README: recipe reference)") from exc
+        if err["type"] == "missing":
+            raise EdgekitError(f"missing recipe key '{key}'", path, "add it (see README: recipe reference)") from exc
+        raise EdgekitError(f"bad value for '{key}': {err['msg']}", path, "correct the value (see README: recipe reference)") from exc
