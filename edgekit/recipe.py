@@ -52,6 +52,7 @@ class CalibrationSpec(_Strict):
 
 
 class KeepFloat(_Strict):
+    head: bool = Field(True, description="keep the model family's output decode in float (off reproduces the naive all-op baseline)")
     nodes: list[str] = Field(default_factory=list, description="node names (or name prefixes ending in '*') kept in float")
     op_types: list[str] = Field(default_factory=list, description="ONNX op types kept in float")
 

@@ -1,0 +1,179 @@
+"""The ``edgekit`` command line: export, eval, bench, inspect, check."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.errors import EdgekitError
+
+app = typer.Typer(help="edgekit: export, fuse, quantize, evaluate, profile and gate models for edge targets.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def export(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/yolov5n.yaml")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for models and report")] = Path("runs/edgekit"),
+    overwrite: Annotated[bool, typer.Option(help="replace an existing, non-empty output folder")] = False,
+) -> None:
+    """Run a recipe: FP32 ONNX, fused ONNX, INT8 Q/DQ ONNX, accuracy, latency, report.json and report.md."""
+    from edgekit.pipeline import run_recipe
+    from edgekit.recipe import load_recipe
+
+    report = run_recipe(load_recipe(recipe), recipe, out, overwrite)
+    _print_variants(report)
+    console.print(f"report: {out / 'report.json'}  {out / 'report.md'}")
+
+
+def _print_variants(report) -> None:
+    table = Table(title=f"edgekit: {report.recipe['name']}")
+    metrics = sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
+    for col in ["variant", *metrics, "median ms", "p90 ms", "size MB", "budget"]:
+        table.add_column(col)
+    for v in report.variants:
+        verdict = "-" if not v.budget else ("PASS" if all(b.passed for b in v.budget) else "FAIL")
+        lat = v.latency_ms
+        table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], f"{lat.median:.2f}" if lat else "-", f"{lat.p90:.2f}" if lat else "-", f"{v.size_bytes / 1e6:.2f}", verdict)
+    console.print(table)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="ONNX detector (edgekit/Ultralytics output layout)")],
+    images: Annotated[Optional[Path], typer.Option(help="image folder (default: the COCO subset in EDGEKIT_ASSETS)")] = None,
+    annotations: Annotated[Optional[Path], typer.Option(help="COCO instances JSON")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="input side; default: from the model")] = None,
+    threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
+    max_images: Annotated[Optional[int], typer.Option(help="evaluate the first N images only")] = None,
+) -> None:
+    """COCO mAP50-95 / mAP50 of an ONNX YOLO model with ONNX Runtime."""
+    from edgekit import progress
+    from edgekit.assets import assets_dir
+    from edgekit.evaluators.detection import evaluate_detector
+    from edgekit.models import get_family
+    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+
+    coco = assets_dir() / "coco_val2017_subset"
+    images = images or coco / "images"
+    annotations = annotations or coco / "annotations" / "instances_val2017_subset.json"
+    with OnnxRuntimeRunner(model, threads=threads) as runner:
+        meta = runner.inputs[0]
+        size = input_size or (meta.shape[-1] if isinstance(meta.shape[-1], int) else 640)
+        family = get_family("yolo", input_size=size, input_name=meta.name, output_name=runner.outputs[0].name)
+        out_shape = runner.outputs[0].shape
+        family.anchor_based = not (len(out_shape) == 3 and isinstance(out_shape[1], int) and out_shape[1] < (out_shape[2] if isinstance(out_shape[2], int) else 0))
+        result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track)
+    table = Table(title=f"COCO accuracy: {model.name} ({result.num_images} images)")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    runs: Annotated[int, typer.Option(help="timed runs")] = 50,
+    warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 10,
+    threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
+    batch: Annotated[int, typer.Option(help="batch size for dynamic-batch models")] = 1,
+) -> None:
+    """Latency (median/p90/p99/min), throughput, size and peak memory on ONNX Runtime, with the device fingerprint."""
+    import numpy as np
+
+    from edgekit.profiling.device import device_fingerprint
+    from edgekit.profiling.latency import measure_latency
+    from edgekit.profiling.memory import PeakMemory, model_size_bytes
+    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+
+    rng = np.random.default_rng(0)
+    with PeakMemory() as memory, OnnxRuntimeRunner(model, threads=threads) as runner:
+        feed = {}
+        for meta in runner.inputs:
+            shape = [batch if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1) for i, d in enumerate(meta.shape)]
+            feed[meta.name] = rng.random(shape).astype(meta.dtype) if meta.dtype.kind == "f" else np.zeros(shape, meta.dtype)
+        stats = measure_latency(runner, feed, warmup, runs, batch, progress=True)
+    device = device_fingerprint()
+    table = Table(title=f"{model.name}: {device.get('cpu_model', '?')}, {threads} threads, batch {batch}")
+    for col in ("median ms", "p90 ms", "p99 ms", "min ms", "throughput/s", "size MB", "peak MB"):
+        table.add_column(col)
+    table.add_row(f"{stats.median:.2f}", f"{stats.p90:.2f}", f"{stats.p99:.2f}", f"{stats.min:.2f}", f"{stats.throughput_per_s:.1f}", f"{model_size_bytes(model) / 1e6:.2f}", f"{memory.peak_mb:.0f}")
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    model: Annotated[Optional[Path], typer.Argument(help="ONNX model")] = None,
+    passes: Annotated[bool, typer.Option("--passes", help="list the available fusion passes")] = False,
+) -> None:
+    """Inputs, outputs, opset, operator counts, Q/DQ counts, size and edgekit provenance of an ONNX model."""
+    if passes:
+        from edgekit.passes import available_passes, get_pass
+
+        for name in available_passes():
+            console.print(f"[bold]{name}[/]: {get_pass(name).description}")
+        return
+    if model is None:
+        raise EdgekitError("no model given", fix="edgekit inspect MODEL.onnx, or edgekit inspect --passes")
+    from onnx import helper
+
+    from edgekit.onnx_io import load_onnx
+    from edgekit.profiling.memory import model_size_bytes
+
+    proto = load_onnx(model)
+    g = proto.graph
+    inits = {i.name for i in g.initializer}
+
+    def shape(v) -> str:
+        dims = [d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim]
+        return f"{v.name}: {helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)} [{', '.join(dims)}]"
+
+    console.print(f"[bold]{model}[/]  {model_size_bytes(model) / 1e6:.2f} MB  producer {proto.producer_name} {proto.producer_version}")
+    console.print("opsets: " + ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in proto.opset_import))
+    for v in g.input:
+        if v.name not in inits:
+            console.print("input  " + shape(v))
+    for v in g.output:
+        console.print("output " + shape(v))
+    ops = Counter(n.op_type for n in g.node)
+    console.print(f"nodes {len(g.node)}, initializers {len(g.initializer)}, Q/DQ pairs {ops.get('QuantizeLinear', 0)}/{ops.get('DequantizeLinear', 0)}")
+    console.print("ops: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    for prop in proto.metadata_props:
+        console.print(f"meta {prop.key}: {prop.value[:200]}")
+
+
+@app.command()
+def check(report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")]) -> None:
+    """Exit 0 when every budget in the report holds, 1 (naming metric, drop and budget) when one does not."""
+    from edgekit.reports import check_report, load_report
+
+    ok, lines = check_report(load_report(report))
+    for line in lines:
+        (console if ok or "FAIL" not in line else err_console).print(line, markup=False, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
+    console.print("all budgets hold")
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2, with no traceback."""
+    try:
+        app()
+    except EdgekitError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EdgekitError.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The main job: recipe -> FP32 ONNX -> fused ONNX -> INT8 Q/DQ ONNX -> evaluate and profile -> report.
+
+Everything is built in a staging folder beside ``--out`` and renamed into place only when the whole run
+succeeded, so a failed run never leaves a half-built model or report behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgekit
+from edgekit import progress
+from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
+from edgekit.errors import EdgekitError
+from edgekit.export import check_against_torch, export_onnx
+from edgekit.models import get_family
+from edgekit.onnx_io import load_onnx, save_onnx
+from edgekit.recipe import Recipe, TargetSpec
+
+FP32_RAW, FP32, INT8 = "model_fp32_raw.onnx", "model_fp32.onnx", "model_int8.onnx"
+
+
+@dataclass
+class BuildContext:
+    recipe: Recipe
+    recipe_path: Path
+    stage: Path
+    family: object = None
+    timings: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # input path -> sha256
+    artifacts: dict[str, Path] = field(default_factory=dict)  # precision -> model path
+    settings: dict[str, dict] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, ctx: BuildContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        progress.console.log(f"[bold]{self.name}[/]")
+
+    def __exit__(self, *exc) -> None:
+        self.ctx.timings[self.name] = round(time.perf_counter() - self.start, 3)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"edgekit": edgekit.__version__}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sample_feeds(ctx: BuildContext, count: int) -> list[dict[str, np.ndarray]]:
+    """A few real, preprocessed images for export checks and fidelity (evaluation images, else calibration)."""
+    r = ctx.recipe
+    from edgekit.quantization.calibration import IMAGE_SUFFIXES
+
+    folder = Path(r.evaluation.dataset.images) if r.evaluation else Path(r.quantization.calibration.images) if r.quantization else None
+    if folder is None or not folder.is_dir():
+        return [{ctx.family.input_name: np.random.default_rng(0).random((1, 3, ctx.family.input_size, ctx.family.input_size), dtype=np.float32)}]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    return [ctx.family.preprocess(p)[0] for p in files]
+
+
+def export_stage(ctx: BuildContext) -> None:
+    """Load the weights, export FP32 ONNX, check it against PyTorch, run the fusion passes."""
+    from edgekit.passes import run_passes
+
+    r = ctx.recipe
+    ctx.family = get_family(r.model.family, input_size=r.model.input_size)
+    ctx.family.validate_input_size(ctx.recipe_path)
+    with _Timer(ctx, "load"):
+        model = ctx.family.load_torch(r.model.weights)
+        ctx.inputs[str(r.model.weights)] = sha256_file(r.model.weights)
+    with _Timer(ctx, "export"):
+        raw = export_onnx(model, torch.zeros(r.model.batch, 3, r.model.input_size, r.model.input_size), ctx.stage / FP32_RAW, r.export.opset, r.export.dynamic_batch)
+        samples = [feed[ctx.family.input_name] for feed in _sample_feeds(ctx, 4)]
+        check = check_against_torch(model, raw, samples, r.export.tolerance)
+        ctx.settings["export"] = {**r.export.model_dump(), "check": check.to_dict()}
+    with _Timer(ctx, "fuse"):
+        names = list(r.export.passes) + (["onnxslim"] if r.export.simplify else [])
+        fused, results = run_passes(load_onnx(raw), names)
+        ctx.settings["passes"] = {"applied": [res.__dict__ for res in results]}
+        save_onnx(fused, ctx.stage / FP32, {"edgekit_version": edgekit.__version__, "precision": "fp32"})
+    ctx.artifacts["fp32"] = ctx.stage / FP32
+
+
+def quantize_stage(ctx: BuildContext) -> None:
+    """Calibrate on the recipe's images and write the INT8 Q/DQ model and its spec."""
+    from edgekit.quantization.calibration import calibration_images
+    from edgekit.quantization.ptq import quantize_static
+
+    q = ctx.recipe.quantization
+    fp32 = load_onnx(ctx.artifacts["fp32"])
+    with _Timer(ctx, "quantize"):
+        images = calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below)
+        result = quantize_static(
+            fp32,
+            images,
+            preprocess=lambda p: ctx.family.preprocess(p)[0],
+            method=q.method,
+            percentile=q.percentile,
+            per_channel=q.per_channel,
+            float_nodes=(ctx.family.float_nodes(fp32) if q.keep_float.head else []) + q.keep_float.nodes,
+            float_ops=q.keep_float.op_types,
+            threads=ctx.recipe.benchmark.threads,
+            progress=progress.track,
+        )
+        ctx.inputs[f"{q.calibration.images} ({len(images)} images)"] = sha256_bytes("".join(sha256_file(p) for p in images).encode())
+        settings = result.spec.settings
+        save_onnx(result.model, ctx.stage / INT8, {"edgekit_version": edgekit.__version__, "precision": "int8", "quantization": json.dumps(settings, sort_keys=True)})
+        write_json_atomic(ctx.stage / "quant_spec.json", result.spec.to_dict())
+        ctx.settings["quantization"] = {**q.model_dump(), **settings, "from_cache": result.calibration.from_cache}
+    ctx.artifacts["int8"] = ctx.stage / INT8
+
+
+def measure_target(ctx: BuildContext, target: TargetSpec, reference_outputs: list[dict] | None) -> tuple[dict, list[dict]]:
+    """Evaluate and profile one built variant; returns its report entry and its raw outputs on sample images."""
+    from edgekit.evaluators.detection import evaluate_detector, raw_outputs
+    from edgekit.evaluators.fidelity import summarize_fidelity
+    from edgekit.profiling.latency import measure_latency
+    from edgekit.profiling.memory import PeakMemory, model_size_bytes
+    from edgekit.runners import make_runner
+
+    r = ctx.recipe
+    path = ctx.artifacts[target.precision]
+    entry: dict = {"name": target.name, "backend": target.backend, "precision": target.precision, "model_path": str(path.name)}
+    with _Timer(ctx, f"measure {target.name}"), PeakMemory() as memory:
+        runner = make_runner(target.backend, path, threads=r.benchmark.threads)
+        with runner:
+            samples = _sample_feeds(ctx, 8)
+            outputs = raw_outputs(runner, samples)
+            entry["fidelity"] = summarize_fidelity(reference_outputs, outputs) if reference_outputs else None
+            if r.evaluation:
+                ev = r.evaluation
+                result = evaluate_detector(
+                    runner, ctx.family, ev.dataset.images, ev.dataset.annotations, max_images=ev.max_images,
+                    conf=ev.conf_threshold, iou=ev.iou_threshold, max_det=ev.max_detections, progress=progress.track,
+                    label=f"evaluate {target.name}",
+                )
+                entry["metrics"] = {k: round(float(v), 5) for k, v in result.metrics.items()}
+                entry["per_class_ap"] = {k: round(float(v), 5) for k, v in result.per_class_ap.items()}
+            stats = measure_latency(runner, samples[0], r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress=progress.enabled())
+    entry.update(
+        metrics=entry.get("metrics", {}),
+        latency_ms={k: round(getattr(stats, k), 3) for k in ("median", "p90", "p99", "min", "mean")},
+        throughput_per_s=round(stats.throughput_per_s, 2),
+        batch=r.model.batch,
+        threads=r.benchmark.threads,
+        size_bytes=model_size_bytes(path),
+        peak_memory_mb=round(memory.peak_mb, 1),
+        manifest={
+            "versions": _versions(),
+            "settings": {"export": ctx.settings.get("export"), "passes": ctx.settings.get("passes"), "quantization": ctx.settings.get("quantization") if target.precision == "int8" else None, "benchmark": r.benchmark.model_dump()},
+            "inputs": dict(ctx.inputs),
+            "artifact_sha256": sha256_file(path),
+        },
+    )
+    return entry, outputs
+
+
+def build_report(ctx: BuildContext, variants: list[dict]):
+    from edgekit.profiling.device import device_fingerprint
+    from edgekit.reports import Report, evaluate_budgets
+
+    r = ctx.recipe
+    budgets = {k: v.model_dump(exclude_none=True) for k, v in r.budgets.items()}
+    reference = next((v for v in variants if v["precision"] == "fp32"), variants[0])
+    for v in variants:
+        if v is not reference and budgets:
+            v["budget"] = [b.model_dump() for b in evaluate_budgets(reference["metrics"], v["metrics"], budgets)]
+    return Report(
+        edgekit_version=edgekit.__version__,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        recipe={"name": r.name, "path": str(ctx.recipe_path), "sha256": sha256_file(ctx.recipe_path), "content": r.model_dump()},
+        budgets=budgets,
+        reference=reference["name"],
+        device=device_fingerprint(),
+        variants=variants,
+        timings_s=ctx.timings,
+    )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise EdgekitError("output folder already exists and is not empty", out, "pass --overwrite, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+
+
+def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False):
+    """Run the whole job for ``recipe`` into ``out``; returns the report."""
+    from edgekit.reports import write_report
+
+    out = Path(out)
+    stage = _prepare_out(out, overwrite)
+    ctx = BuildContext(recipe, Path(recipe_path), stage)
+    ctx.inputs[str(recipe_path)] = sha256_file(recipe_path)
+    start = time.perf_counter()
+    try:
+        export_stage(ctx)
+        if any(t.precision == "int8" for t in recipe.targets):
+            quantize_stage(ctx)
+        targets = sorted(recipe.targets, key=lambda t: t.precision != "fp32")
+        variants, reference = [], None
+        for target in targets:
+            entry, outputs = measure_target(ctx, target, reference)
+            if target.precision == "fp32" and reference is None:
+                reference = outputs
+            variants.append(entry)
+        ctx.timings["total"] = round(time.perf_counter() - start, 3)
+        report = build_report(ctx, variants)
+        write_report(report, stage)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(trash / out.name)
+            stage.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            stage.rename(out)
+        return report
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,30 @@
+"""Progress bars for long work (rich), quiet when not on a terminal or when disabled."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def enabled() -> bool:
+    return os.environ.get("EDGEKIT_PROGRESS", "1") != "0" and (sys.stderr.isatty() or os.environ.get("EDGEKIT_PROGRESS") == "1")
+
+
+def track(label: str, total: int) -> Iterator[int]:
+    """Yield ``0..total-1`` while showing a progress bar labelled ``label``."""
+    if not enabled():
+        console.log(f"{label} ({total})") if os.environ.get("EDGEKIT_PROGRESS") != "0" else None
+        yield from range(total)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        for i in range(total):
+            yield i
+            bar.advance(task)

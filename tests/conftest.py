@@ -1,0 +1,66 @@
+"""Shared fixtures: the real assets, the real YOLOv5n weights, and models exported from them once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekit.assets import assets_dir
+
+ASSETS = assets_dir()
+COCO = ASSETS / "coco_val2017_subset"
+WEIGHTS_ST = ASSETS / "yolo" / "yolov5n.safetensors"
+WEIGHTS_PT = ASSETS / "yolo" / "yolov5n.pt"
+ANNOTATIONS = COCO / "annotations" / "instances_val2017_subset.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not WEIGHTS_ST.is_file():
+        message = f"real assets not found at {ASSETS}: set EDGEKIT_ASSETS to the shared assets folder"
+        if os.environ.get("CI"):
+            raise pytest.UsageError(message)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ.setdefault("EDGEKIT_CACHE", str(tmp_path_factory.mktemp("edgekit-cache")))
+    os.environ.setdefault("EDGEKIT_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def yolo():
+    """(family, torch model) for the official YOLOv5n weights."""
+    from edgekit.models.yolo.family import YoloFamily
+
+    family = YoloFamily(input_size=640)
+    return family, family.load_torch(WEIGHTS_ST)
+
+
+@pytest.fixture(scope="session")
+def fp32_onnx(yolo, tmp_path_factory) -> Path:
+    """YOLOv5n exported to ONNX (BN folded) and simplified with onnxslim."""
+    import onnx
+    import onnxslim
+    import torch
+
+    from edgekit.export import export_onnx
+
+    _, model = yolo
+    folder = tmp_path_factory.mktemp("fp32")
+    raw = export_onnx(model, torch.zeros(1, 3, 640, 640), folder / "raw.onnx")
+    slim = folder / "fp32.onnx"
+    onnx.save(onnxslim.slim(onnx.load(raw)), slim)
+    return slim
+
+
+@pytest.fixture(scope="session")
+def calib_images() -> list[Path]:
+    return sorted((COCO / "calib_images").iterdir())
+
+
+@pytest.fixture(scope="session")
+def eval_images() -> list[Path]:
+    return sorted((COCO / "images").iterdir())
