@@ -129,49 +129,76 @@ def quantize_stage(ctx: BuildContext) -> None:
     ctx.artifacts["int8"] = ctx.stage / INT8
 
 
-def measure_target(ctx: BuildContext, target: TargetSpec, reference_outputs: list[dict] | None) -> tuple[dict, list[dict]]:
-    """Evaluate and profile one built variant; returns its report entry and its raw outputs on sample images."""
+def evaluate_target(ctx: BuildContext, target: TargetSpec, runner, reference_outputs: list[dict] | None) -> tuple[dict, list[dict]]:
+    """Accuracy and fidelity of one built variant; returns its report entry and its raw outputs on sample images."""
     from edgekit.evaluators.detection import evaluate_detector, raw_outputs
     from edgekit.evaluators.fidelity import summarize_fidelity
-    from edgekit.profiling.latency import measure_latency
-    from edgekit.profiling.memory import PeakMemory, model_size_bytes
-    from edgekit.runners import make_runner
+    from edgekit.profiling.memory import model_size_bytes
 
     r = ctx.recipe
     path = ctx.artifacts[target.precision]
-    entry: dict = {"name": target.name, "backend": target.backend, "precision": target.precision, "model_path": str(path.name)}
-    with _Timer(ctx, f"measure {target.name}"), PeakMemory() as memory:
-        runner = make_runner(target.backend, path, threads=r.benchmark.threads)
-        with runner:
-            samples = _sample_feeds(ctx, 8)
-            outputs = raw_outputs(runner, samples)
-            entry["fidelity"] = summarize_fidelity(reference_outputs, outputs) if reference_outputs else None
-            if r.evaluation:
-                ev = r.evaluation
-                result = evaluate_detector(
-                    runner, ctx.family, ev.dataset.images, ev.dataset.annotations, max_images=ev.max_images,
-                    conf=ev.conf_threshold, iou=ev.iou_threshold, max_det=ev.max_detections, progress=progress.track,
-                    label=f"evaluate {target.name}",
-                )
-                entry["metrics"] = {k: round(float(v), 5) for k, v in result.metrics.items()}
-                entry["per_class_ap"] = {k: round(float(v), 5) for k, v in result.per_class_ap.items()}
-            stats = measure_latency(runner, samples[0], r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress=progress.enabled())
+    entry: dict = {"name": target.name, "backend": target.backend, "precision": target.precision, "model_path": path.name, "metrics": {}}
+    with _Timer(ctx, f"evaluate {target.name}"):
+        outputs = raw_outputs(runner, _sample_feeds(ctx, 8))
+        entry["fidelity"] = summarize_fidelity(reference_outputs, outputs) if reference_outputs else None
+        if r.evaluation:
+            ev = r.evaluation
+            result = evaluate_detector(
+                runner, ctx.family, ev.dataset.images, ev.dataset.annotations, max_images=ev.max_images,
+                conf=ev.conf_threshold, iou=ev.iou_threshold, max_det=ev.max_detections, progress=progress.track,
+                label=f"evaluate {target.name}",
+            )
+            entry["metrics"] = {k: round(float(v), 5) for k, v in result.metrics.items()}
+            entry["per_class_ap"] = {k: round(float(v), 5) for k, v in result.per_class_ap.items()}
     entry.update(
-        metrics=entry.get("metrics", {}),
-        latency_ms={k: round(getattr(stats, k), 3) for k in ("median", "p90", "p99", "min", "mean")},
-        throughput_per_s=round(stats.throughput_per_s, 2),
         batch=r.model.batch,
         threads=r.benchmark.threads,
         size_bytes=model_size_bytes(path),
-        peak_memory_mb=round(memory.peak_mb, 1),
         manifest={
             "versions": _versions(),
-            "settings": {"export": ctx.settings.get("export"), "passes": ctx.settings.get("passes"), "quantization": ctx.settings.get("quantization") if target.precision == "int8" else None, "benchmark": r.benchmark.model_dump()},
+            "settings": {
+                "export": ctx.settings.get("export"),
+                "passes": ctx.settings.get("passes"),
+                "quantization": ctx.settings.get("quantization") if target.precision == "int8" else None,
+                "benchmark": r.benchmark.model_dump(),
+            },
             "inputs": dict(ctx.inputs),
             "artifact_sha256": sha256_file(path),
         },
     )
     return entry, outputs
+
+
+def measure_targets(ctx: BuildContext) -> list[dict]:
+    """Evaluate every target, then time them all round-robin in one loop (ratios robust to machine noise)."""
+    from edgekit.profiling.latency import measure_latency_interleaved
+    from edgekit.profiling.memory import PeakMemory
+    from edgekit.runners import make_runner
+
+    r = ctx.recipe
+    targets = sorted(r.targets, key=lambda t: t.precision != "fp32")
+    entries, runners, reference = [], {}, None
+    try:
+        for target in targets:
+            with PeakMemory() as memory:
+                runner = make_runner(target.backend, ctx.artifacts[target.precision], threads=r.benchmark.threads)
+                runner.load()
+                entry, outputs = evaluate_target(ctx, target, runner, reference)
+            entry["peak_memory_mb"] = round(memory.peak_mb, 1)
+            reference = outputs if reference is None and target.precision == "fp32" else reference
+            entries.append(entry)
+            runners[target.name] = runner
+        feed = _sample_feeds(ctx, 1)[0]
+        with _Timer(ctx, "latency"):
+            stats = measure_latency_interleaved({n: (run, feed) for n, run in runners.items()}, r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress.enabled())
+    finally:
+        for runner in runners.values():
+            runner.close()
+    for entry in entries:
+        s = stats[entry["name"]]
+        entry["latency_ms"] = {k: round(getattr(s, k), 3) for k in ("median", "p90", "p99", "min", "mean")}
+        entry["throughput_per_s"] = round(s.throughput_per_s, 2)
+    return entries
 
 
 def build_report(ctx: BuildContext, variants: list[dict]):
@@ -216,13 +243,7 @@ def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwri
         export_stage(ctx)
         if any(t.precision == "int8" for t in recipe.targets):
             quantize_stage(ctx)
-        targets = sorted(recipe.targets, key=lambda t: t.precision != "fp32")
-        variants, reference = [], None
-        for target in targets:
-            entry, outputs = measure_target(ctx, target, reference)
-            if target.precision == "fp32" and reference is None:
-                reference = outputs
-            variants.append(entry)
+        variants = measure_targets(ctx)
         ctx.timings["total"] = round(time.perf_counter() - start, 3)
         report = build_report(ctx, variants)
         write_report(report, stage)

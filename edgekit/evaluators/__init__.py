@@ -1,0 +1,1 @@
+"""Evaluators: accuracy and fidelity, computed apart from execution (runners only produce outputs)."""

@@ -1,0 +1,1 @@
+"""Profiling: latency statistics, peak memory, model size, device fingerprint."""

@@ -1,0 +1,73 @@
+"""Latency: warm-up, then timed runs; median/p90/p99/min/mean and throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgekit.runners.base import Runner
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median: float
+    p90: float
+    p99: float
+    min: float
+    mean: float
+    std: float
+    runs: int
+    warmup: int
+    batch: int
+    throughput_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stats_from_times(times_ms: list[float], warmup: int, batch: int) -> LatencyStats:
+    t = np.asarray(times_ms, dtype=np.float64)
+    median = float(np.median(t))
+    return LatencyStats(
+        median, float(np.percentile(t, 90)), float(np.percentile(t, 99)), float(t.min()), float(t.mean()), float(t.std()),
+        len(t), warmup, batch, batch * 1000.0 / median if median > 0 else 0.0,
+    )
+
+
+def measure_latency(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False) -> LatencyStats:
+    """Time ``runner.infer(feed)`` ``runs`` times after ``warmup`` untimed calls (milliseconds)."""
+    from edgekit.progress import track
+
+    for _ in range(warmup):
+        runner.infer(feed)
+    times = []
+    steps = track(f"latency ({runner.backend})", runs) if progress else range(runs)
+    for _ in steps:
+        start = time.perf_counter()
+        runner.infer(feed)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return stats_from_times(times, warmup, batch)
+
+
+def measure_latency_interleaved(
+    cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False
+) -> dict[str, LatencyStats]:
+    """Time several runners round-robin (one call each per round), so machine noise hits all of them alike.
+
+    Ratios between variants are only meaningful when measured this way on a shared or throttled machine.
+    """
+    from edgekit.progress import track
+
+    for runner, feed in cases.values():
+        for _ in range(warmup):
+            runner.infer(feed)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    steps = track(f"latency ({', '.join(cases)})", runs) if progress else range(runs)
+    for _ in steps:
+        for name, (runner, feed) in cases.items():
+            start = time.perf_counter()
+            runner.infer(feed)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: stats_from_times(t, warmup, batch) for name, t in times.items()}

@@ -1,0 +1,104 @@
+"""The budget gate: how far may a metric drop versus the FP32 reference (higher-is-better metrics)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgekit.errors import EdgekitError
+from edgekit.recipe import Budget
+from edgekit.reports.schema import BudgetVerdict, Report
+
+EPS = 1e-12
+
+
+def _as_budget(metric: str, spec: Budget | Mapping[str, Any]) -> Budget:
+    if isinstance(spec, Budget):
+        return spec
+    try:
+        return Budget.model_validate(dict(spec))
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise EdgekitError(
+            f"bad budget for metric '{metric}': {spec!r}",
+            fix="give exactly one of max_drop (absolute, >= 0) or max_relative_drop (fraction in [0, 1])",
+        ) from exc
+
+
+def _limit_text(limit: float, kind: str) -> str:
+    return f"{limit:.4f} (absolute)" if kind == "absolute" else f"{limit:.2%} (relative)"
+
+
+def _verdict(metric: str, reference: float | None, value: float | None, budget: Budget, available: Mapping[str, float], ref_available: Mapping[str, float]) -> BudgetVerdict:
+    kind = "absolute" if budget.max_drop is not None else "relative"
+    limit = float(budget.max_drop if kind == "absolute" else budget.max_relative_drop)
+    limit_text = _limit_text(limit, kind)
+    if reference is None or value is None:
+        where, have = ("reference", ref_available) if reference is None else ("variant", available)
+        listed = ", ".join(sorted(have)) or "none"
+        return BudgetVerdict(
+            metric=metric, reference_value=reference, value=value, limit=limit, kind=kind, passed=False,
+            message=f"{metric} missing from {where} metrics (have: {listed}), budget {limit_text}: FAIL",
+        )
+    reference, value = float(reference), float(value)
+    drop = reference - value
+    relative = drop / abs(reference) if reference != 0 else None
+    if math.isnan(drop):
+        passed = False
+    elif kind == "absolute":
+        passed = drop <= limit + EPS
+    elif relative is None:  # reference 0: any drop at all is infinitely large relative to it
+        passed = drop <= 0
+    else:
+        passed = relative <= limit + EPS
+    shown = f"{drop:.4f}" if kind == "absolute" or relative is None else f"{drop:.4f} = {relative:.2%}"
+    message = f"{metric} dropped {shown} ({reference:.4f} -> {value:.4f}), budget {limit_text}: {'PASS' if passed else 'FAIL'}"
+    return BudgetVerdict(
+        metric=metric, reference_value=reference, value=value, drop=drop, relative_drop=relative,
+        limit=limit, kind=kind, passed=passed, message=message,
+    )
+
+
+def evaluate_budgets(
+    reference_metrics: Mapping[str, float],
+    metrics: Mapping[str, float],
+    budgets: Mapping[str, Budget | Mapping[str, Any]],
+) -> list[BudgetVerdict]:
+    """One verdict per budgeted metric, in budget order. A metric missing on either side fails.
+
+    drop = reference - value; absolute passes iff drop <= max_drop, relative iff drop / reference <= max_relative_drop
+    (a reference of 0 passes only when nothing dropped). Boundaries pass, with a 1e-12 tolerance for float noise.
+    """
+    reference_metrics, metrics = reference_metrics or {}, metrics or {}
+    out = []
+    for metric, spec in (budgets or {}).items():
+        budget = _as_budget(metric, spec)
+        out.append(_verdict(metric, reference_metrics.get(metric), metrics.get(metric), budget, metrics, reference_metrics))
+    return out
+
+
+def check_report(report: Report) -> tuple[bool, list[str]]:
+    """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
+
+    Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name.
+    """
+    if not report.budgets:
+        return True, ["no budgets defined in the report's recipe: nothing to check"]
+    reference = report.variant(report.reference)
+    if reference is None:
+        names = ", ".join(v.name for v in report.variants) or "none"
+        raise EdgekitError(
+            f"reference variant '{report.reference}' is not in the report (variants: {names})",
+            fix="re-run `edgekit export` with an fp32 target so budgets have a reference",
+        )
+    others = [v for v in report.variants if v is not reference]
+    if not others:
+        return True, [f"only the reference variant {reference.name} is in the report: nothing to check"]
+    ok, lines = True, []
+    for variant in others:
+        for verdict in evaluate_budgets(reference.metrics, variant.metrics, report.budgets):
+            ok = ok and verdict.passed
+            lines.append(f"{variant.name}: {verdict.message}")
+    return ok, lines

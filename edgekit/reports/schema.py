@@ -1,0 +1,109 @@
+"""The report schema: one ``report.json`` per run, read back by ``edgekit check`` and the markdown writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from edgekit.errors import EdgekitError
+
+SCHEMA_VERSION = "1.0"
+
+
+class LatencyMs(BaseModel):
+    """Per-call latency statistics in milliseconds."""
+
+    median: float
+    p90: float
+    p99: float
+    min: float
+    mean: float
+
+
+class BudgetVerdict(BaseModel):
+    """One metric of one variant checked against its budget (drop = reference - value; higher is better)."""
+
+    metric: str
+    reference_value: float | None = None
+    value: float | None = None
+    drop: float | None = None
+    relative_drop: float | None = None
+    limit: float
+    kind: Literal["absolute", "relative"]
+    passed: bool
+    message: str
+
+
+class Variant(BaseModel):
+    """One built model (e.g. ``onnxruntime:int8``): accuracy, fidelity, speed, size and provenance."""
+
+    name: str
+    backend: str
+    precision: str
+    model_path: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    per_class_ap: dict[str, float] = Field(default_factory=dict)
+    fidelity: dict[str, float] | None = None
+    latency_ms: LatencyMs | None = None
+    throughput_per_s: float | None = None
+    batch: int = 1
+    threads: int | None = None
+    size_bytes: int
+    peak_memory_mb: float | None = None
+    budget: list[BudgetVerdict] = Field(default_factory=list)
+    manifest: dict[str, Any] = Field(default_factory=dict, description="versions, settings, input sha256s, artifact sha256")
+    notes: list[str] = Field(default_factory=list)
+
+
+class Report(BaseModel):
+    """Everything one run produced; ``reference`` names the FP32 variant budgets are measured against."""
+
+    schema_version: str = SCHEMA_VERSION
+    edgekit_version: str
+    created_utc: str
+    recipe: dict[str, Any] = Field(description="name, path, sha256, content")
+    budgets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="metric -> {max_drop | max_relative_drop}")
+    reference: str
+    device: dict[str, Any] = Field(default_factory=dict)
+    variants: list[Variant]
+    timings_s: dict[str, float] = Field(default_factory=dict)
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+_FIX_REGENERATE = "pass the report.json written by `edgekit export`, or re-run `edgekit export` to regenerate it"
+
+
+def load_report(path: str | Path) -> Report:
+    """Read and validate ``report.json``; any problem becomes an ``EdgekitError`` naming the file and the fix."""
+    path = Path(path)
+    if path.is_dir() and (path / "report.json").is_file():
+        path = path / "report.json"
+    if not path.is_file():
+        raise EdgekitError("report not found", path, _FIX_REGENERATE)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EdgekitError("report is not UTF-8 text", path, _FIX_REGENERATE) from exc
+    except json.JSONDecodeError as exc:
+        raise EdgekitError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path, _FIX_REGENERATE) from exc
+    if not isinstance(data, dict):
+        raise EdgekitError("not an edgekit report (expected a JSON object)", path, _FIX_REGENERATE)
+    version = str(data.get("schema_version", SCHEMA_VERSION))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise EdgekitError(
+            f"unsupported report schema_version {version!r} (this edgekit reads {SCHEMA_VERSION})",
+            path,
+            "use the edgekit version that wrote it, or re-run `edgekit export`",
+        )
+    try:
+        return Report.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        what = f"missing key '{key}'" if err["type"] == "missing" else f"bad value for '{key}': {err['msg']}"
+        raise EdgekitError(f"not a valid edgekit report: {what}", path, _FIX_REGENERATE) from exc

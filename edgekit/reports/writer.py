@@ -1,0 +1,191 @@
+"""Write ``report.json`` and ``report.md`` side by side, atomically: both are rendered before either is written."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from edgekit.artifacts import atomic_path
+from edgekit.reports.budget import evaluate_budgets
+from edgekit.reports.schema import Report, Variant
+
+TOP_CLASS_DROPS = 10
+_ISA_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni", "avx512f", "avx512_bf16", "amx_int8", "amx_tile", "avx2", "fma", "f16c", "sse4_2", "neon", "asimd", "asimddp", "dotprod", "i8mm", "sve", "sve2", "bf16")
+
+
+def report_json(report: Report) -> str:
+    """The JSON text of a report (NaN stays NaN so it reads back as a float)."""
+    return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``out_dir/report.json`` and ``out_dir/report.md``; on any failure neither file is touched."""
+    out_dir = Path(out_dir)
+    json_text = report_json(report)
+    md_text = render_markdown(report)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    with ExitStack() as stack:
+        tmp_json = stack.enter_context(atomic_path(json_path))
+        tmp_md = stack.enter_context(atomic_path(md_path))
+        tmp_json.write_text(json_text, encoding="utf-8")
+        tmp_md.write_text(md_text, encoding="utf-8")
+    return json_path, md_path
+
+
+# --- markdown ---------------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]], align: list[str] | None = None) -> list[str]:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _first(mapping: dict, *keys: str) -> Any:
+    for key in keys:
+        value = mapping.get(key)
+        if value not in (None, "", [], {}):
+            return value
+    return None
+
+
+def device_summary(device: dict[str, Any], variants: list[Variant] = ()) -> str:
+    """One line: cpu, cores, key ISA flags, OS, onnxruntime version (whatever the fingerprint has)."""
+    parts = []
+    cpu = _first(device, "cpu_model", "cpu", "processor", "model_name")
+    if cpu:
+        parts.append(str(cpu))
+    physical = _first(device, "physical_cores", "cores_physical")
+    logical = _first(device, "logical_cores", "cores_logical", "cpu_count", "cores")
+    if physical and logical and physical != logical:
+        parts.append(f"{physical} cores / {logical} threads")
+    elif physical or logical:
+        parts.append(f"{physical or logical} cores")
+    flags = _first(device, "isa", "isa_flags", "cpu_flags", "flags")
+    if isinstance(flags, dict):
+        flags = [k for k, v in flags.items() if v]
+    if isinstance(flags, str):
+        flags = flags.replace(",", " ").split()
+    if flags:
+        have = {str(f).lower() for f in flags}
+        key = [f for f in _ISA_FLAGS if f in have]
+        if key:
+            parts.append("ISA " + " ".join(key))
+    os_name = _first(device, "os", "platform", "system")
+    if os_name:
+        parts.append(str(os_name))
+    ort = _first(device, "onnxruntime", "onnxruntime_version", "ort_version")
+    if ort is None and isinstance(device.get("versions"), dict):
+        ort = device["versions"].get("onnxruntime")
+    if ort is None:
+        ort = next((v.manifest.get("versions", {}).get("onnxruntime") for v in variants if isinstance(v.manifest.get("versions"), dict)), None)
+    if ort:
+        parts.append(f"onnxruntime {ort}")
+    return ", ".join(parts) if parts else "unknown device"
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    if budget.get("max_drop") is not None:
+        return f"max drop {float(budget['max_drop']):.4f}"
+    if budget.get("max_relative_drop") is not None:
+        return f"max relative drop {float(budget['max_relative_drop']):.2%}"
+    return str(budget)
+
+
+def render_markdown(report: Report) -> str:
+    """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
+    ref = report.variant(report.reference)
+    lines = [f"# edgekit report: {report.recipe.get('name', '?')}", ""]
+    lines.append(f"**Device:** {device_summary(report.device, report.variants)}  ")
+    meta = f"**Reference:** `{report.reference}`" + ("" if ref else " (missing from the report)")
+    lines.append(f"{meta} · edgekit {report.edgekit_version} · {report.created_utc}  ")
+    if report.recipe.get("path"):
+        sha = str(report.recipe.get("sha256", ""))[:12]
+        lines.append(f"**Recipe:** `{report.recipe['path']}`" + (f" (sha256 {sha})" if sha else "") + "  ")
+    if report.budgets:
+        lines.append("**Budgets:** " + "; ".join(f"{m}: {_budget_text(b)}" for m, b in report.budgets.items()))
+    else:
+        lines.append("**Budgets:** none defined")
+    lines.append("")
+
+    metrics = list(report.budgets) or sorted({m for v in report.variants for m in v.metrics})
+    ref_median = ref.latency_ms.median if ref and ref.latency_ms else None
+    header = ["variant", "precision", *metrics, "median / p90 ms", "speed-up", "size MB", "budget"]
+    rows = []
+    for v in report.variants:
+        row = [v.name, v.precision]
+        for m in metrics:
+            value = v.metrics.get(m)
+            text = _num(value)
+            if ref is not None and v is not ref and value is not None and ref.metrics.get(m) is not None:
+                text += f" ({(value - ref.metrics[m]) * 100:+.2f} pt)"
+            row.append(text)
+        lat = v.latency_ms
+        row.append(f"{lat.median:.2f} / {lat.p90:.2f}" if lat else "-")
+        row.append(f"{ref_median / lat.median:.2f}x" if ref_median and lat and lat.median > 0 else "-")
+        row.append(f"{v.size_bytes / 1e6:.2f}")
+        if v is ref:
+            row.append("reference")
+        elif not report.budgets or ref is None:
+            row.append("-")
+        else:
+            verdicts = evaluate_budgets(ref.metrics, v.metrics, report.budgets)
+            failed = [b.metric for b in verdicts if not b.passed]
+            row.append("**FAIL** (" + ", ".join(failed) + ")" if failed else "PASS")
+        rows.append(row)
+    lines += ["## Variants", "", *_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 3) + ["l"]), ""]
+
+    if report.budgets and ref is not None:
+        checks = [f"- `{v.name}`: {b.message}" for v in report.variants if v is not ref for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)]
+        if checks:
+            lines += ["## Budget checks", "", *checks, ""]
+
+    detail_rows = [
+        [v.name, _num(v.throughput_per_s, ".1f"), v.batch, v.threads if v.threads is not None else "-", _num(v.peak_memory_mb, ".0f"),
+         f"{v.latency_ms.p99:.2f}" if v.latency_ms else "-", f"`{str(v.manifest.get('artifact_sha256', ''))[:12]}`" if v.manifest.get("artifact_sha256") else "-"]
+        for v in report.variants
+    ]
+    lines += ["## Runtime details", "", *_table(["variant", "throughput/s", "batch", "threads", "peak MB", "p99 ms", "sha256"], detail_rows), ""]
+
+    fid = [v for v in report.variants if v.fidelity]
+    if fid:
+        keys = list(dict.fromkeys(k for v in fid for k in v.fidelity))
+        rows = [[v.name, *[_num(v.fidelity.get(k), ".4g") for k in keys]] for v in fid]
+        lines += [f"## Fidelity vs `{report.reference}`", "", *_table(["variant", *keys], rows), ""]
+
+    if ref is not None and ref.per_class_ap:
+        sections = []
+        for v in report.variants:
+            if v is ref or not v.per_class_ap:
+                continue
+            common = [c for c in ref.per_class_ap if c in v.per_class_ap]
+            drops = sorted(common, key=lambda c: ref.per_class_ap[c] - v.per_class_ap[c], reverse=True)[:TOP_CLASS_DROPS]
+            rows = [[c, f"{ref.per_class_ap[c]:.4f}", f"{v.per_class_ap[c]:.4f}", f"{(v.per_class_ap[c] - ref.per_class_ap[c]) * 100:+.2f} pt"] for c in drops]
+            if rows:
+                sections += [f"### `{v.name}`: {len(rows)} largest drops of {len(common)} classes", "", *_table(["class", "reference AP", "AP", "change"], rows), ""]
+        if sections:
+            lines += ["## Per-class AP (largest drops vs reference)", "", *sections]
+
+    notes = [(v.name, n) for v in report.variants for n in v.notes]
+    if notes:
+        lines += ["## Notes", "", *[f"- `{name}`: {note}" for name, note in notes], ""]
+
+    if report.timings_s:
+        rows = [[stage, f"{seconds:.2f}"] for stage, seconds in report.timings_s.items()]
+        lines += ["## Timings", "", *_table(["stage", "seconds"], rows), ""]
+    return "\n".join(lines).rstrip() + "\n"
