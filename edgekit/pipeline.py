@@ -47,7 +47,7 @@ class _Timer:
 
     def __enter__(self) -> None:
         self.start = time.perf_counter()
-        progress.console.log(f"[bold]{self.name}[/]")
+        progress.log(f"[bold]{self.name}[/]")
 
     def __exit__(self, *exc) -> None:
         self.ctx.timings[self.name] = round(time.perf_counter() - self.start, 3)

@@ -12,6 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+def quiet() -> bool:
+    return os.environ.get("EDGEKIT_PROGRESS") == "0"
+
+
+def log(message: str) -> None:
+    """A status line on stderr (silenced by ``EDGEKIT_PROGRESS=0``)."""
+    if not quiet():
+        console.log(message)
+
+
 def enabled() -> bool:
     return os.environ.get("EDGEKIT_PROGRESS", "1") != "0" and (sys.stderr.isatty() or os.environ.get("EDGEKIT_PROGRESS") == "1")
 
@@ -19,7 +29,7 @@ def enabled() -> bool:
 def track(label: str, total: int) -> Iterator[int]:
     """Yield ``0..total-1`` while showing a progress bar labelled ``label``."""
     if not enabled():
-        console.log(f"{label} ({total})") if os.environ.get("EDGEKIT_PROGRESS") != "0" else None
+        log(f"{label} ({total})")
         yield from range(total)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

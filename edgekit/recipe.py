@@ -161,10 +161,28 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo is the cause, "missing" its echo
+        err = errors[0]
         key = _format_loc(err["loc"])
         if err["type"] == "extra_forbidden":
-            raise EdgekitError(f"unknown recipe key '{key}'", path, "remove it or correct its spelling (see README: recipe reference)") from exc
+            hint = _did_you_mean(err["loc"])
+            raise EdgekitError(f"unknown recipe key '{key}'{hint}", path, "remove it or correct its spelling (see README: recipe reference)") from exc
         if err["type"] == "missing":
             raise EdgekitError(f"missing recipe key '{key}'", path, "add it (see README: recipe reference)") from exc
         raise EdgekitError(f"bad value for '{key}': {err['msg']}", path, "correct the value (see README: recipe reference)") from exc
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """Suggest the closest valid key at the place of an unknown one."""
+    import difflib
+
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        field_info = model.model_fields.get(str(part)) if model else None
+        annotation = getattr(field_info, "annotation", None)
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    if model is None:
+        return ""
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""

@@ -1,0 +1,162 @@
+"""The command line end to end on the real YOLOv5n weights and COCO images: export, check, eval, bench, inspect,
+and bad input (one-line error, exit 2, no traceback, nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ANNOTATIONS, ASSETS, COCO, REPO, WEIGHTS_ST
+
+
+def edgekit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EDGEKIT_PROGRESS="0", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=1200)
+
+
+def recipe_file(tmp_path: Path, name: str = "recipe.yaml", **changes) -> Path:
+    data = yaml.safe_load((REPO / "recipes" / "yolov5n.yaml").read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """The shipped YOLOv5n recipe, exactly as the README runs it."""
+    out = tmp_path_factory.mktemp("runs") / "yolov5n"
+    result = edgekit("export", "recipes/yolov5n.yaml", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_export_writes_every_artifact(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"model_fp32_raw.onnx", "model_fp32.onnx", "model_int8.onnx", "quant_spec.json", "report.json", "report.md"} <= names
+    assert not [n for n in names if n.endswith(".partial") or n.startswith(".")]
+
+
+def test_report_reproduces_reference_accuracy_and_int8_target(run):
+    report = json.loads((run / "report.json").read_text())
+    assert report["schema_version"] == "1.0" and report["reference"] == "onnxruntime:fp32"
+    fp32, int8 = (next(v for v in report["variants"] if v["precision"] == p) for p in ("fp32", "int8"))
+    # FP32 ONNX reproduces the published reference on these 158 images (assets README)
+    assert abs(fp32["metrics"]["mAP50-95"] - 0.303) <= 0.003
+    assert abs(fp32["metrics"]["mAP50"] - 0.475) <= 0.003
+    # INT8 target: mAP50-95 drop <= 0.5 point
+    assert fp32["metrics"]["mAP50-95"] - int8["metrics"]["mAP50-95"] <= 0.005
+    for v in (fp32, int8):
+        assert {"median", "p90", "p99"} <= set(v["latency_ms"]) and v["size_bytes"] > 0
+        assert len(v["per_class_ap"]) == 80
+        manifest = v["manifest"]
+        assert manifest["versions"]["onnxruntime"] and manifest["artifact_sha256"]
+        assert any("yolov5n.safetensors" in k for k in manifest["inputs"])
+    assert int8["manifest"]["settings"]["quantization"]["method"] == "percentile"
+    assert int8["fidelity"]["cosine_min"] > 0.99
+    assert int8["size_bytes"] < fp32["size_bytes"] / 2.5
+    assert all(b["passed"] for b in int8["budget"])
+    assert report["device"]["cpu_model"] and report["device"]["logical_cores"] >= 1
+    md = (run / "report.md").read_text()
+    assert "onnxruntime:int8" in md and "speed-up" in md
+
+
+def test_check_passes_on_the_shipped_recipe(run):
+    result = edgekit("check", run / "report.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mAP50-95 dropped" in result.stdout
+
+
+def test_check_fails_on_the_naive_all_op_int8_model(tmp_path):
+    """Quantizing the head's decode and concat too (the naive baseline) breaks detection: the gate must say so."""
+    recipe = recipe_file(
+        tmp_path, quantization__keep_float={"head": False}, quantization__calibration={"images": str(COCO / "calib_images"), "count": 16, "warn_below": 1},
+        evaluation__max_images=30, benchmark={"warmup": 1, "runs": 3, "threads": 2},
+    )
+    out = tmp_path / "allop"
+    assert edgekit("export", recipe, "--out", out).returncode == 0
+    result = edgekit("check", out / "report.json")
+    assert result.returncode == 1
+    assert "onnxruntime:int8: mAP50-95 dropped" in result.stderr and "budget 0.0050 (absolute): FAIL" in result.stderr
+
+
+def test_eval_bench_inspect_on_exported_models(run):
+    ev = edgekit("eval", run / "model_int8.onnx", "--max-images", 10)
+    assert ev.returncode == 0 and "mAP50-95" in ev.stdout
+    bench = edgekit("bench", run / "model_fp32.onnx", "--runs", 5, "--warmup", 1)
+    assert bench.returncode == 0 and "median ms" in bench.stdout
+    insp = edgekit("inspect", run / "model_int8.onnx")
+    assert insp.returncode == 0 and "QuantizeLinear" in insp.stdout and "quantization" in insp.stdout
+    assert "onnxslim" in edgekit("inspect", "--passes").stdout
+    for command in ("export", "eval", "bench", "inspect", "check"):
+        assert edgekit(command, "--help").returncode == 0
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_bad_weights(tmp_path):
+    missing = recipe_file(tmp_path, "missing.yaml", model__weights=str(tmp_path / "nope.safetensors"))
+    _assert_clean_failure(edgekit("export", missing, "--out", tmp_path / "o1"), "nope.safetensors", "not found", "fix:")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(WEIGHTS_ST.read_bytes()[:50_000])
+    bad = recipe_file(tmp_path, "corrupt.yaml", model__weights=str(corrupt))
+    _assert_clean_failure(edgekit("export", bad, "--out", tmp_path / "o2"), "corrupt.safetensors", "corrupt or truncated")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_corrupt_onnx(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 100)
+    for command in ("inspect", "eval", "bench"):
+        _assert_clean_failure(edgekit(command, bad), "broken.onnx")
+
+
+def test_calibration_folder_problems_leave_nothing_behind(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    recipe = recipe_file(tmp_path, "empty.yaml", quantization__calibration={"images": str(empty), "count": 10})
+    _assert_clean_failure(edgekit("export", recipe, "--out", tmp_path / "out"), "empty", "calibration folder is empty")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(next((COCO / "calib_images").iterdir()), mixed)
+    (mixed / "readme.txt").write_text("not an image")
+    recipe = recipe_file(tmp_path, "mixed.yaml", quantization__calibration={"images": str(mixed), "count": 10})
+    _assert_clean_failure(edgekit("export", recipe, "--out", tmp_path / "out"), "readme.txt", "non-image")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "empty.yaml", "mixed", "mixed.yaml"]
+
+
+def test_unknown_recipe_key_and_bad_input_size(tmp_path):
+    typo = recipe_file(tmp_path, "typo.yaml", export__simplfy=True)
+    _assert_clean_failure(edgekit("export", typo, "--out", tmp_path / "o"), "typo.yaml", "unknown recipe key 'export.simplfy'")
+    odd = recipe_file(tmp_path, "odd.yaml", model__input_size=641)
+    _assert_clean_failure(edgekit("export", odd, "--out", tmp_path / "o"), "odd.yaml", "641", "multiple of")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    _assert_clean_failure(edgekit("export", "recipes/yolov5n.yaml", "--out", out), "already exists", "--overwrite")
+    assert (out / "keep.txt").read_text() == "user data"

@@ -1,0 +1,60 @@
+"""Recipe validation: strict keys, clear errors naming key and file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from edgekit.errors import EdgekitError
+from edgekit.recipe import load_recipe
+
+from conftest import ASSETS, REPO
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def base() -> dict:
+    return yaml.safe_load((REPO / "recipes" / "yolov5n.yaml").read_text())
+
+
+def test_shipped_recipe_loads_and_expands_assets():
+    recipe = load_recipe(REPO / "recipes" / "yolov5n.yaml")
+    assert recipe.model.weights == str(ASSETS / "yolo" / "yolov5n.safetensors")
+    assert [t.name for t in recipe.targets] == ["onnxruntime:fp32", "onnxruntime:int8"]
+    assert recipe.budgets["mAP50-95"].max_drop == 0.005
+
+
+def test_unknown_key_names_key_and_file(tmp_path, base):
+    base["quantization"]["calibraton"] = base["quantization"].pop("calibration")
+    path = _write(tmp_path, base)
+    with pytest.raises(EdgekitError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message and "quantization.calibraton" in message and "\n" not in message
+
+
+def test_bad_values_and_missing_keys(tmp_path, base):
+    bad = dict(base, quantization=dict(base["quantization"], method="kl"))
+    with pytest.raises(EdgekitError, match="quantization.method"):
+        load_recipe(_write(tmp_path, bad))
+    missing = {k: v for k, v in base.items() if k != "model"}
+    with pytest.raises(EdgekitError, match="missing recipe key 'model'"):
+        load_recipe(_write(tmp_path, missing))
+    both = dict(base, budgets={"mAP50": {"max_drop": 0.1, "max_relative_drop": 0.1}})
+    with pytest.raises(EdgekitError, match="exactly one of max_drop"):
+        load_recipe(_write(tmp_path, both))
+    no_quant = {k: v for k, v in base.items() if k != "quantization"}
+    with pytest.raises(EdgekitError, match="int8 target needs a `quantization:` section"):
+        load_recipe(_write(tmp_path, no_quant))
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel: [unclosed\n")
+    with pytest.raises(EdgekitError, match="broken.yaml: invalid YAML at line"):
+        load_recipe(path)
