@@ -158,14 +158,22 @@ def check(report: Annotated[Path, typer.Argument(help="report.json written by `e
 
     ok, lines = check_report(load_report(report))
     for line in lines:
-        (console if ok or "FAIL" not in line else err_console).print(line, markup=False, highlight=False)
+        (console if ok or "FAIL" not in line else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
     console.print("all budgets hold")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a too-small calibration set) as one readable line, not a source dump."""
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 2, with no traceback."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except EdgekitError as exc:

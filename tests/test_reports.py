@@ -53,7 +53,7 @@ def _report(int8_map: float = 0.2905, budgets: dict | None = None) -> Report:
         recipe={"name": "yolov5n-demo", "path": "recipes/yolov5n.yaml", "sha256": "cd" * 32, "content": {"name": "yolov5n-demo"}},
         budgets={"mAP50-95": {"max_drop": 0.005}} if budgets is None else budgets,
         reference="onnxruntime:fp32",
-        device={"cpu_model": "Test CPU 9000", "physical_cores": 4, "logical_cores": 8, "isa": ["sse4_2", "avx2", "fma", "avx512_vnni"], "os": "Linux 6.1"},
+        device={"cpu_model": "Test CPU 9000", "physical_cores": 4, "logical_cores": 8, "isa_flags": ["sse4_2", "avx2", "fma", "avx512_vnni"], "os": "Linux 6.1", "versions": {"onnxruntime": "1.20.1"}},
         variants=[
             _variant("fp32", {"mAP50-95": 0.3028, "mAP50": 0.4561}, 40.0, ref_pc),
             _variant("int8", {"mAP50-95": int8_map, "mAP50": 0.4499}, 30.0, int8_pc, fidelity={"max_abs_box": 1.5, "class_cosine": 0.998}),

@@ -13,7 +13,7 @@ from edgekit.reports.budget import evaluate_budgets
 from edgekit.reports.schema import Report, Variant
 
 TOP_CLASS_DROPS = 10
-_ISA_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni", "avx512f", "avx512_bf16", "amx_int8", "amx_tile", "avx2", "fma", "f16c", "sse4_2", "neon", "asimd", "asimddp", "dotprod", "i8mm", "sve", "sve2", "bf16")
+_ISA_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx512_bf16", "amx_int8", "amx_tile", "avx2", "asimd", "asimddp", "i8mm", "sve")
 
 
 def report_json(report: Report) -> str:
@@ -56,47 +56,27 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return format(value, fmt)
 
 
-def _first(mapping: dict, *keys: str) -> Any:
-    for key in keys:
-        value = mapping.get(key)
-        if value not in (None, "", [], {}):
-            return value
-    return None
-
-
-def device_summary(device: dict[str, Any], variants: list[Variant] = ()) -> str:
-    """One line: cpu, cores, key ISA flags, OS, onnxruntime version (whatever the fingerprint has)."""
-    parts = []
-    cpu = _first(device, "cpu_model", "cpu", "processor", "model_name")
-    if cpu:
-        parts.append(str(cpu))
-    physical = _first(device, "physical_cores", "cores_physical")
-    logical = _first(device, "logical_cores", "cores_logical", "cpu_count", "cores")
+def device_summary(device: dict[str, Any]) -> str:
+    """One line from ``edgekit.profiling.device.device_fingerprint``: cpu, cores, ISA flags, OS, onnxruntime."""
+    parts = [str(device.get("cpu_model", "unknown CPU"))]
+    physical, logical = device.get("physical_cores"), device.get("logical_cores")
     if physical and logical and physical != logical:
         parts.append(f"{physical} cores / {logical} threads")
-    elif physical or logical:
-        parts.append(f"{physical or logical} cores")
-    flags = _first(device, "isa", "isa_flags", "cpu_flags", "flags")
-    if isinstance(flags, dict):
-        flags = [k for k, v in flags.items() if v]
-    if isinstance(flags, str):
-        flags = flags.replace(",", " ").split()
+    elif logical:
+        parts.append(f"{logical} cores")
+    flags = [f for f in device.get("isa_flags", []) if f in _ISA_FLAGS]
     if flags:
-        have = {str(f).lower() for f in flags}
-        key = [f for f in _ISA_FLAGS if f in have]
-        if key:
-            parts.append("ISA " + " ".join(key))
-    os_name = _first(device, "os", "platform", "system")
-    if os_name:
-        parts.append(str(os_name))
-    ort = _first(device, "onnxruntime", "onnxruntime_version", "ort_version")
-    if ort is None and isinstance(device.get("versions"), dict):
-        ort = device["versions"].get("onnxruntime")
-    if ort is None:
-        ort = next((v.manifest.get("versions", {}).get("onnxruntime") for v in variants if isinstance(v.manifest.get("versions"), dict)), None)
+        parts.append("ISA " + " ".join(flags))
+    if device.get("os"):
+        parts.append(str(device["os"]))
+    ort = device.get("versions", {}).get("onnxruntime")
     if ort:
         parts.append(f"onnxruntime {ort}")
-    return ", ".join(parts) if parts else "unknown device"
+    for gpu in device.get("gpus", []):
+        parts.append(f"GPU {gpu.get('name')} (sm {gpu.get('compute_capability')})")
+    if device.get("jetson_model"):
+        parts.append(f"{device['jetson_model']} {device.get('power_mode') or ''}".strip())
+    return ", ".join(parts)
 
 
 def _budget_text(budget: dict[str, Any]) -> str:
@@ -111,7 +91,7 @@ def render_markdown(report: Report) -> str:
     """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
     ref = report.variant(report.reference)
     lines = [f"# edgekit report: {report.recipe.get('name', '?')}", ""]
-    lines.append(f"**Device:** {device_summary(report.device, report.variants)}  ")
+    lines.append(f"**Device:** {device_summary(report.device)}  ")
     meta = f"**Reference:** `{report.reference}`" + ("" if ref else " (missing from the report)")
     lines.append(f"{meta} · edgekit {report.edgekit_version} · {report.created_utc}  ")
     if report.recipe.get("path"):
