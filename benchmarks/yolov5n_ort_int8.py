@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".work")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "yolov5n_ort_int8.json")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=180)
     assets = assets_dir()
     coco = assets / "coco_val2017_subset"
     annotations = coco / "annotations" / "instances_val2017_subset.json"
@@ -67,13 +67,14 @@ def main() -> None:
         onnx.save(result.model, out)
         return out
 
-    builders = {"edgekit int8 (percentile, ORT placement)": edgekit_int8}
+    builders = {"edgekit INT8": edgekit_int8}
     if not args.skip_peers:
         import peers
 
-        builders["ORT quantize_static conv-only, MinMax, head float"] = lambda: peers.ort_quantize_static(fp32, args.work / "ort_conv.onnx", calib, prep, ["Conv"], head)
-        builders["ORT quantize_static all ops, MinMax"] = lambda: peers.ort_quantize_static(fp32, args.work / "ort_all.onnx", calib, prep, None, [])
-        builders["NNCF ONNX quantize, head ignored"] = lambda: peers.nncf_quantize(fp32, args.work / "nncf.onnx", calib, prep, head)
+        builders["ORT conv-only S8S8 (defaults), head float"] = lambda: peers.ort_quantize_static(fp32, args.work / "ort_conv_s8.onnx", calib, prep, ["Conv"], head)
+        builders["ORT conv-only U8S8, head float"] = lambda: peers.ort_quantize_static(fp32, args.work / "ort_conv_u8.onnx", calib, prep, ["Conv"], head, True)
+        builders["ORT all ops (defaults)"] = lambda: peers.ort_quantize_static(fp32, args.work / "ort_all.onnx", calib, prep, None, [])
+        builders["NNCF ONNX, head ignored"] = lambda: peers.nncf_quantize(fp32, args.work / "nncf.onnx", calib, prep, head)
 
     rows: dict[str, dict] = {"FP32": {"path": fp32, "quantize_s": None, "quantize_peak_mb": None}}
     for name, build in builders.items():
