@@ -223,6 +223,16 @@ def build_report(ctx: BuildContext, variants: list[dict]):
     )
 
 
+def deployment_stage(ctx: BuildContext) -> None:
+    """Write ``*_nms.onnx`` graphs with NMS inside (detections out), next to each built model."""
+    from edgekit.models.yolo.deploy_nms import append_nms
+
+    e = ctx.recipe.export
+    for precision, path in list(ctx.artifacts.items()):
+        model = append_nms(load_onnx(path), e.nms_conf_threshold, e.nms_iou_threshold, e.nms_max_detections, ctx.family.anchor_based)
+        save_onnx(model, path.with_name(path.stem + "_nms.onnx"), {"nms": f"conf {e.nms_conf_threshold}, iou {e.nms_iou_threshold}, max {e.nms_max_detections} per class"})
+
+
 def _prepare_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise EdgekitError("output folder already exists and is not empty", out, "pass --overwrite, or choose another --out")
@@ -244,6 +254,8 @@ def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwri
         if any(t.precision == "int8" for t in recipe.targets):
             quantize_stage(ctx)
         variants = measure_targets(ctx)
+        if recipe.export.nms_in_graph:
+            deployment_stage(ctx)
         ctx.timings["total"] = round(time.perf_counter() - start, 3)
         report = build_report(ctx, variants)
         write_report(report, stage)

@@ -82,11 +82,12 @@ def test_check_passes_on_the_shipped_recipe(run):
 def test_check_fails_on_the_naive_all_op_int8_model(tmp_path):
     """Quantizing the head's decode and concat too (the naive baseline) breaks detection: the gate must say so."""
     recipe = recipe_file(
-        tmp_path, quantization__keep_float={"head": False}, quantization__calibration={"images": str(COCO / "calib_images"), "count": 16, "warn_below": 1},
+        tmp_path, quantization__keep_float={"head": False}, export__nms_in_graph=True, quantization__calibration={"images": str(COCO / "calib_images"), "count": 16, "warn_below": 1},
         evaluation__max_images=30, benchmark={"warmup": 1, "runs": 3, "threads": 2},
     )
     out = tmp_path / "allop"
     assert edgekit("export", recipe, "--out", out).returncode == 0
+    assert (out / "model_fp32_nms.onnx").is_file() and (out / "model_int8_nms.onnx").is_file()
     result = edgekit("check", out / "report.json")
     assert result.returncode == 1
     assert "onnxruntime:int8: mAP50-95 dropped" in result.stderr and "budget 0.0050 (absolute): FAIL" in result.stderr

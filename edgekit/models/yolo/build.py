@@ -47,6 +47,12 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
     nc = int(arch["nc"])
     depth, width = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
     max_channels = int(arch.get("max_channels", 1 << 30))
+    scales = arch.get("scales")
+    if scales:  # YOLOv8-style table: {"scales": {"n": [depth, width, max_channels], ...}, "scale": "n"}
+        scale = arch.get("scale") or next(iter(scales))  # Ultralytics also falls back to the first scale
+        if scale not in scales:
+            raise EdgekitError(f"YOLO scale '{scale}' is not one of {sorted(scales)}", fix="check the checkpoint's yaml")
+        depth, width, max_channels = float(scales[scale][0]), float(scales[scale][1]), int(scales[scale][2])
     anchors = arch.get("anchors")
     ch, layers, froms, save = [channels], [], [], set()
     for i, (src, repeats, kind, args) in enumerate(arch["backbone"] + arch["head"]):
