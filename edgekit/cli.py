@@ -58,18 +58,14 @@ def eval_(
     from edgekit import progress
     from edgekit.assets import assets_dir
     from edgekit.evaluators.detection import evaluate_detector
-    from edgekit.models import get_family
+    from edgekit.models.yolo.family import YoloFamily
     from edgekit.runners.onnxruntime import OnnxRuntimeRunner
 
     coco = assets_dir() / "coco_val2017_subset"
     images = images or coco / "images"
     annotations = annotations or coco / "annotations" / "instances_val2017_subset.json"
     with OnnxRuntimeRunner(model, threads=threads) as runner:
-        meta = runner.inputs[0]
-        size = input_size or (meta.shape[-1] if isinstance(meta.shape[-1], int) else 640)
-        family = get_family("yolo", input_size=size, input_name=meta.name, output_name=runner.outputs[0].name)
-        out_shape = runner.outputs[0].shape
-        family.anchor_based = not (len(out_shape) == 3 and isinstance(out_shape[1], int) and out_shape[1] < (out_shape[2] if isinstance(out_shape[2], int) else 0))
+        family = YoloFamily.from_runner_metadata(runner.inputs, runner.outputs, input_size)
         result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track)
     table = Table(title=f"COCO accuracy: {model.name} ({result.num_images} images)")
     table.add_column("metric")

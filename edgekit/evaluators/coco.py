@@ -14,10 +14,13 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 METRIC_NAMES = ("mAP50-95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+_FIX = "set evaluation.dataset.annotations to a COCO instances JSON"
 
 
 @dataclass
 class CocoResult:
+    """COCO metrics (0..1; -1 "no ground truth" buckets reported as 0.0) and AP50-95 per category name."""
+
     metrics: dict[str, float]
     per_class_ap: dict[str, float] = field(default_factory=dict)
     num_images: int = 0
@@ -25,21 +28,31 @@ class CocoResult:
 
 
 @lru_cache(maxsize=8)
-def _load_coco(path: str):
+def _load_coco(path: str, _mtime_ns: int, _size: int):
     from pycocotools.coco import COCO
 
     try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgekitError(f"not a readable COCO annotation file ({type(exc).__name__})", path, _FIX) from exc
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise EdgekitError("not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)", path, _FIX)
+    coco = COCO()
+    coco.dataset = data
+    try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(path)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise EdgekitError("not a readable COCO annotation file", path, "pass a COCO instances JSON") from exc
+            coco.createIndex()
+    except (KeyError, TypeError) as exc:
+        raise EdgekitError(f"malformed COCO annotation entry ({type(exc).__name__}: {exc})", path, _FIX) from exc
+    return coco
 
 
 def _coco(annotations: str | Path):
     path = Path(annotations)
     if not path.is_file():
-        raise EdgekitError("annotation file not found", path, "set evaluation.dataset.annotations to a COCO instances JSON")
-    return _load_coco(str(path.resolve()))
+        raise EdgekitError("annotation file not found", path, _FIX)
+    stat = path.stat()
+    return _load_coco(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def coco_category_ids(annotations: str | Path) -> list[int]:
@@ -48,6 +61,7 @@ def coco_category_ids(annotations: str | Path) -> list[int]:
 
 
 def coco_class_names(annotations: str | Path) -> list[str]:
+    """Category names in class-index order (see ``coco_category_ids``)."""
     coco = _coco(annotations)
     return [coco.cats[c]["name"] for c in coco_category_ids(annotations)]
 
@@ -65,28 +79,45 @@ def load_coco_images(annotations: str | Path, images_dir: str | Path) -> list[tu
     return items
 
 
-def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: list[int] | None = None) -> CocoResult:
-    """mAP50-95, mAP50, mAP75, size buckets and per-class AP50-95 of COCO-format ``detections``."""
-    from pycocotools.cocoeval import COCOeval
-
-    coco = _coco(annotations)
-    ids = sorted(image_ids) if image_ids is not None else sorted(coco.getImgIds())
-    if not detections:
-        return CocoResult({k: 0.0 for k in METRIC_NAMES}, {}, len(ids), 0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        results = coco.loadRes(detections)
-        evaluator = COCOeval(coco, results, "bbox")
-        evaluator.params.imgIds = ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = [max(float(s), 0.0) for s in evaluator.stats]
-    metrics = dict(zip(METRIC_NAMES, (stats[0], stats[1], stats[2], stats[3], stats[4], stats[5])))
-    precision = evaluator.eval["precision"]  # [iou, recall, class, area, max_dets]
-    per_class = {}
+def _per_class_ap(coco, evaluator) -> dict[str, float]:
+    """AP50-95 per category from COCOeval's precision array [iou, recall, class, area=all, maxDets=100]."""
+    precision = evaluator.eval["precision"]
+    out = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         if p.size:
-            per_class[coco.cats[cat_id]["name"]] = float(np.mean(p))
-    return CocoResult(metrics, per_class, len(ids), len(detections))
+            out[coco.cats[cat_id]["name"]] = float(np.mean(p))
+    return out
+
+
+def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: list[int] | None = None) -> CocoResult:
+    """mAP50-95, mAP50, mAP75, size buckets and per-class AP50-95 of COCO-format ``detections``.
+
+    ``detections``: ``{image_id, category_id, bbox: [x, y, w, h] in original pixels, score}``; only those on
+    ``image_ids`` (default: every annotated image) are scored. The caller's dicts are not modified.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    coco = _coco(annotations)
+    known = set(coco.getImgIds())
+    ids = sorted(set(image_ids)) if image_ids is not None else sorted(known)
+    if unknown := set(ids) - known:
+        raise EdgekitError(f"{len(unknown)} image id(s) are not in the annotation file (e.g. {min(unknown)})", annotations, "evaluate images of this dataset only")
+    stray = {d["image_id"] for d in detections} - known
+    if stray:
+        raise EdgekitError(f"detections refer to image id(s) not in the annotation file (e.g. {min(stray)})", annotations, "use the image ids of this annotation file")
+    wanted = set(ids)
+    dets = [dict(d) for d in detections if d["image_id"] in wanted]  # loadRes adds keys to each dict
+    if not dets:
+        has_gt = {coco.anns[a]["category_id"] for a in coco.getAnnIds(imgIds=ids, iscrowd=False)} if ids else set()
+        per_class = {coco.cats[c]["name"]: 0.0 for c in sorted(has_gt)}
+        return CocoResult({k: 0.0 for k in METRIC_NAMES}, per_class, len(ids), 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco, coco.loadRes(dets), "bbox")
+        evaluator.params.imgIds = ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: max(float(s), 0.0) for name, s in zip(METRIC_NAMES, evaluator.stats[:6])}
+    return CocoResult(metrics, _per_class_ap(coco, evaluator), len(ids), len(dets))

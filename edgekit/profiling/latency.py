@@ -7,11 +7,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.runners.base import Runner
 
 
 @dataclass(frozen=True)
 class LatencyStats:
+    """Per-call latency in milliseconds over ``runs`` timed calls; ``throughput_per_s`` = batch / median."""
+
     median: float
     p90: float
     p99: float
@@ -27,7 +30,13 @@ class LatencyStats:
         return asdict(self)
 
 
+def _check(warmup: int, runs: int, batch: int) -> None:
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise EdgekitError(f"invalid benchmark settings (runs={runs}, warmup={warmup}, batch={batch})", fix="use runs >= 1, warmup >= 0, batch >= 1")
+
+
 def stats_from_times(times_ms: list[float], warmup: int, batch: int) -> LatencyStats:
+    """Statistics of per-call times in milliseconds."""
     t = np.asarray(times_ms, dtype=np.float64)
     median = float(np.median(t))
     return LatencyStats(
@@ -37,9 +46,13 @@ def stats_from_times(times_ms: list[float], warmup: int, batch: int) -> LatencyS
 
 
 def measure_latency(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False) -> LatencyStats:
-    """Time ``runner.infer(feed)`` ``runs`` times after ``warmup`` untimed calls (milliseconds)."""
+    """Time ``runner.infer(feed)`` ``runs`` times after ``warmup`` untimed calls (milliseconds).
+
+    ``progress`` shows a rich bar (``edgekit.progress``); the bar is updated outside the timed region.
+    """
     from edgekit.progress import track
 
+    _check(warmup, runs, batch)
     for _ in range(warmup):
         runner.infer(feed)
     times = []
@@ -60,6 +73,7 @@ def measure_latency_interleaved(
     """
     from edgekit.progress import track
 
+    _check(warmup, runs, batch)
     for runner, feed in cases.values():
         for _ in range(warmup):
             runner.infer(feed)

@@ -35,6 +35,18 @@ class YoloFamily:
             fix = f"use a multiple of {MAX_STRIDE}, e.g. {round(self.input_size / MAX_STRIDE) * MAX_STRIDE or MAX_STRIDE}"
             raise EdgekitError(f"input size {self.input_size} is not a multiple of the model's stride {MAX_STRIDE}", source, fix)
 
+    @classmethod
+    def from_runner_metadata(cls, inputs: list, outputs: list, input_size: int | None = None) -> "YoloFamily":
+        """Settings for an already exported model: input name/size from its input, head layout from its output.
+
+        YOLOv5 outputs (batch, anchors, 5 + classes); YOLOv8 outputs (batch, 4 + classes, anchors).
+        """
+        inp, out = inputs[0], outputs[0]
+        size = input_size or (inp.shape[-1] if isinstance(inp.shape[-1], int) else 640)
+        dims = out.shape
+        channels_first = len(dims) == 3 and all(isinstance(d, int) for d in dims[1:]) and dims[1] < dims[2]
+        return cls(input_size=size, input_name=inp.name, output_name=out.name, anchor_based=not channels_first)
+
     def load_torch(self, weights: str | Path) -> YoloModel:
         """Build the network from the checkpoint's architecture table and load its weights (FP32, eval)."""
         model = model_from_checkpoint(load_checkpoint(weights))
