@@ -225,12 +225,12 @@ def build_report(ctx: BuildContext, variants: list[dict]):
 
 def deployment_stage(ctx: BuildContext) -> None:
     """Write ``*_nms.onnx`` graphs with NMS inside (detections out), next to each built model."""
-    from edgekit.models.yolo.deploy_nms import append_nms
+    from edgekit.models.yolo.nms_graph import append_nms
 
     e = ctx.recipe.export
     for precision, path in list(ctx.artifacts.items()):
         model = append_nms(load_onnx(path), e.nms_conf_threshold, e.nms_iou_threshold, e.nms_max_detections, ctx.family.anchor_based)
-        save_onnx(model, path.with_name(path.stem + "_nms.onnx"), {"nms": f"conf {e.nms_conf_threshold}, iou {e.nms_iou_threshold}, max {e.nms_max_detections} per class"})
+        save_onnx(model, path.with_name(path.stem + "_nms.onnx"), {"nms": f"conf {e.nms_conf_threshold}, iou {e.nms_iou_threshold}, max {e.nms_max_detections} per image"})
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

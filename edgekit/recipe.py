@@ -36,7 +36,7 @@ class ExportSpec(_Strict):
     nms_in_graph: bool = Field(False, description="also write *_nms.onnx deployment graphs with class-wise NMS inside")
     nms_conf_threshold: float = Field(0.25, ge=0, le=1)
     nms_iou_threshold: float = Field(0.45, gt=0, le=1)
-    nms_max_detections: int = Field(300, ge=1, description="per class and image (ONNX NonMaxSuppression semantics)")
+    nms_max_detections: int = Field(300, ge=1, description="per image, best scores first")
     passes: list[str] = Field(
         default_factory=lambda: ["constant_folding", "fuse_conv_bn", "eliminate_identity", "remove_unused"],
         description="fusion passes run after export, in order (see `edgekit inspect --passes`)",

@@ -47,9 +47,6 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
     nc = int(arch["nc"])
     depth, width = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
     max_channels = int(arch.get("max_channels", 1 << 30))
-    if arch.get("scales"):  # Ultralytics YOLOv8+ tables: scales: {n: [depth, width, max_channels], ...}
-        scale = arch.get("scale") or next(iter(arch["scales"]))
-        depth, width, max_channels = arch["scales"][scale]
     scales = arch.get("scales")
     if scales:  # YOLOv8-style table: {"scales": {"n": [depth, width, max_channels], ...}, "scale": "n"}
         scale = arch.get("scale") or next(iter(scales))  # Ultralytics also falls back to the first scale

@@ -42,7 +42,6 @@ class _Builder:
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
-        self.count = 0
 
     def const(self, name: str, value, dtype) -> str:
         full = _PREFIX + name
@@ -82,10 +81,10 @@ def append_nms(
             fix="use 0 <= conf < 1, 0 <= iou <= 1 and max_detections >= 1",
         )
     outputs = [o.name for o in model.graph.output]
-    if output_name not in outputs:
-        raise EdgekitError(f"the model has no output '{output_name}' (outputs: {outputs})", fix="pass the raw YOLO head output's name")
     if OUTPUT_NAME in outputs:
         raise EdgekitError(f"the model already has an output '{OUTPUT_NAME}'", fix="append NMS to the raw exported model only once")
+    if output_name not in outputs:
+        raise EdgekitError(f"the model has no output '{output_name}' (outputs: {outputs})", fix="pass the raw YOLO head output's name")
     opset = _opset(model)
     if opset < MIN_OPSET:
         raise EdgekitError(f"NMS in the graph needs ONNX opset >= {MIN_OPSET}, the model has {opset}", fix="export with opset 17")

@@ -117,8 +117,8 @@ def postprocess(
         top = np.argsort(-conf, kind="stable")[:max_candidates]
         rows, cls, conf = rows[top], cls[top], conf[top]
     boxes = xywh_to_xyxy(pred[rows, :4])
-    offset = cls[:, None].astype(np.float32) * 7680.0  # class-wise NMS in one pass: classes never overlap
-    keep = nms(boxes + offset, conf, iou_threshold, max_detections)
+    offset = cls[:, None].astype(np.float64) * 7680.0  # class-wise NMS in one pass: classes never overlap
+    keep = nms(boxes.astype(np.float64) + offset, conf, iou_threshold, max_detections)  # float64: offsets reach 6e5 px
     boxes, conf, cls = boxes[keep], conf[keep], cls[keep]
     return Detections(scale_boxes(boxes, box), conf, cls)
 
