@@ -1,4 +1,4 @@
-"""Small read-only helpers over an ONNX graph: producers, consumers, initializers."""
+"""A read-only index over an ONNX graph: producers, consumers, constants (initializers and Constant nodes)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,22 @@ from collections import defaultdict
 import onnx
 from onnx import numpy_helper
 
+from edgekit.passes.base import initializer_map, producers
+
 
 class GraphIndex:
     """Who produces and who consumes each tensor of a graph (built once, read many times)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
-        self.model = model
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
+        self.initializers = initializer_map(graph)
+        self.producer = producers(graph)
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
-            for out in node.output:
-                self.producer[out] = node
             for inp in node.input:
                 if inp:
                     self.consumers[inp].append(node)
-        self.graph_outputs = {o.name for o in graph.output}
-        self.graph_inputs = {i.name for i in graph.input}
-        for node in graph.node:
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.initializers.setdefault(node.output[0], node.attribute[0].t)
 
     def is_constant(self, name: str) -> bool:
