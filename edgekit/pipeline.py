@@ -39,6 +39,7 @@ class BuildContext:
     inputs: dict[str, str] = field(default_factory=dict)  # input path -> sha256
     artifacts: dict[str, Path] = field(default_factory=dict)  # precision -> model path
     settings: dict[str, dict] = field(default_factory=dict)
+    samples: list[dict[str, np.ndarray]] = field(default_factory=list)  # a few preprocessed real inputs
 
 
 class _Timer:
@@ -54,27 +55,28 @@ class _Timer:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
+    from edgekit.profiling.device import device_fingerprint
 
-    out = {"edgekit": edgekit.__version__}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return {"edgekit": edgekit.__version__, **device_fingerprint()["versions"]}
 
 
-def _sample_feeds(ctx: BuildContext, count: int) -> list[dict[str, np.ndarray]]:
-    """A few real, preprocessed images for export checks and fidelity (evaluation images, else calibration)."""
-    r = ctx.recipe
-    from edgekit.quantization.calibration import IMAGE_SUFFIXES
+SAMPLE_COUNT = 8
 
-    folder = Path(r.evaluation.dataset.images) if r.evaluation else Path(r.quantization.calibration.images) if r.quantization else None
-    if folder is None or not folder.is_dir():
-        return [{ctx.family.input_name: np.random.default_rng(0).random((1, 3, ctx.family.input_size, ctx.family.input_size), dtype=np.float32)}]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    return [ctx.family.preprocess(p)[0] for p in files]
+
+def _sample_feeds(ctx: BuildContext, count: int = SAMPLE_COUNT) -> list[dict[str, np.ndarray]]:
+    """A few real, preprocessed images (evaluation images, else calibration images), read once per run."""
+    if not ctx.samples:
+        from edgekit.quantization.calibration import IMAGE_SUFFIXES
+
+        r, family = ctx.recipe, ctx.family
+        folder = Path(r.evaluation.dataset.images) if r.evaluation else Path(r.quantization.calibration.images) if r.quantization else None
+        if folder is None or not folder.is_dir():
+            shape = (r.model.batch, 3, family.input_size, family.input_size)
+            ctx.samples = [{family.input_name: np.random.default_rng(0).random(shape, dtype=np.float32)}]
+        else:
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:SAMPLE_COUNT]
+            ctx.samples = [family.preprocess(p)[0] for p in files]
+    return ctx.samples[:count]
 
 
 def export_stage(ctx: BuildContext) -> None:
@@ -139,7 +141,7 @@ def evaluate_target(ctx: BuildContext, target: TargetSpec, runner, reference_out
     path = ctx.artifacts[target.precision]
     entry: dict = {"name": target.name, "backend": target.backend, "precision": target.precision, "model_path": path.name, "metrics": {}}
     with _Timer(ctx, f"evaluate {target.name}"):
-        outputs = raw_outputs(runner, _sample_feeds(ctx, 8))
+        outputs = raw_outputs(runner, _sample_feeds(ctx))
         entry["fidelity"] = summarize_fidelity(reference_outputs, outputs) if reference_outputs else None
         if r.evaluation:
             ev = r.evaluation
@@ -188,7 +190,7 @@ def measure_targets(ctx: BuildContext) -> list[dict]:
             reference = outputs if reference is None and target.precision == "fp32" else reference
             entries.append(entry)
             runners[target.name] = runner
-        feed = _sample_feeds(ctx, 1)[0]
+        feed = {name: np.concatenate([x] * r.model.batch) for name, x in _sample_feeds(ctx, 1)[0].items()}
         with _Timer(ctx, "latency"):
             stats = measure_latency_interleaved({n: (run, feed) for n, run in runners.items()}, r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress.enabled())
     finally:

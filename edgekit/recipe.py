@@ -138,6 +138,12 @@ class Recipe(_Strict):
         return out
 
     @model_validator(mode="after")
+    def _batch_needs_dynamic_axis(self) -> "Recipe":
+        if self.model.batch > 1 and not self.export.dynamic_batch:
+            raise ValueError("model.batch > 1 needs export.dynamic_batch: true (evaluation runs image by image)")
+        return self
+
+    @model_validator(mode="after")
     def _int8_needs_quantization(self) -> "Recipe":
         if any(t.precision == "int8" for t in self.targets) and self.quantization is None:
             raise ValueError("an int8 target needs a `quantization:` section")

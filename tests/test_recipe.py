@@ -48,6 +48,9 @@ def test_bad_values_and_missing_keys(tmp_path, base):
     both = dict(base, budgets={"mAP50": {"max_drop": 0.1, "max_relative_drop": 0.1}})
     with pytest.raises(EdgekitError, match="exactly one of max_drop"):
         load_recipe(_write(tmp_path, both))
+    batched = dict(base, model=dict(base["model"], batch=4))
+    with pytest.raises(EdgekitError, match="needs export.dynamic_batch: true"):
+        load_recipe(_write(tmp_path, batched))
     no_quant = {k: v for k, v in base.items() if k != "quantization"}
     with pytest.raises(EdgekitError, match="int8 target needs a `quantization:` section"):
         load_recipe(_write(tmp_path, no_quant))
