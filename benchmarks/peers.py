@@ -1,4 +1,8 @@
-"""Peer INT8 pipelines for ONNX Runtime, run the way their documentation shows (for benchmarks only)."""
+"""Peer INT8 pipelines for ONNX Runtime, called the way their own documentation shows (benchmarks only).
+
+Every function takes the FP32 ONNX model's path, writes the quantized model to ``out`` and returns ``out``.
+``preprocess`` maps an image path to the model's feed dict ``{input_name: float32 NCHW array}``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
+
+Preprocess = Callable[[Path], dict[str, np.ndarray]]
 
 
-class _Reader:
-    """onnxruntime.quantization CalibrationDataReader over preprocessed images."""
+class ImageReader(CalibrationDataReader):
+    """``onnxruntime.quantization.CalibrationDataReader`` over images, preprocessed lazily one at a time."""
 
-    def __init__(self, images: list[Path], preprocess: Callable[[Path], dict[str, np.ndarray]]) -> None:
-        self.images, self.preprocess, self.i = images, preprocess, 0
+    def __init__(self, images: list[Path], preprocess: Preprocess) -> None:
+        self.images, self.preprocess, self.i = list(images), preprocess, 0
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         if self.i >= len(self.images):
             return None
         self.i += 1
@@ -24,28 +31,56 @@ class _Reader:
     def rewind(self) -> None:
         self.i = 0
 
+    def __len__(self) -> int:
+        return len(self.images)
 
-def ort_quantize_static(
-    fp32: Path, out: Path, images: list[Path], preprocess, op_types: list[str] | None, exclude: list[str], uint8_activations: bool = False
-) -> Path:
-    """``onnxruntime.quantization.quantize_static``: QDQ, per-channel weights, MinMax; int8 activations (ORT's default)
-    or uint8 activations (ORT's advice for x86 with VNNI)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+def _ort_quantize(fp32: Path, out: Path, images: list[Path], preprocess: Preprocess, **kwargs) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     quantize_static(
-        str(fp32), str(out), _Reader(images, preprocess), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-        nodes_to_exclude=exclude, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-        activation_type=QuantType.QUInt8 if uint8_activations else QuantType.QInt8, weight_type=QuantType.QInt8,
+        str(fp32), str(out), ImageReader(images, preprocess), quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax, **kwargs
     )
     return out
 
 
-def nncf_quantize(fp32: Path, out: Path, images: list[Path], preprocess, ignored: list[str]) -> Path:
-    """NNCF post-training quantization of the ONNX model with the head decode in its ignored scope."""
+def ort_conv_only(fp32: Path, out: Path, images: list[Path], preprocess: Preprocess, exclude: list[str], uint8_activations: bool = False) -> Path:
+    """``onnxruntime.quantization.quantize_static``: QDQ, MinMax, per-channel, only ``Conv`` quantized, the head decode
+    (``exclude``) left in float. Activations int8 (ORT's default, S8S8) or uint8 (U8S8, ORT's x86 advice)."""
+    from onnxruntime.quantization import QuantType
+
+    return _ort_quantize(
+        fp32, out, images, preprocess, op_types_to_quantize=["Conv"], nodes_to_exclude=list(exclude),
+        activation_type=QuantType.QUInt8 if uint8_activations else QuantType.QInt8, weight_type=QuantType.QInt8,
+    )
+
+
+def ort_all_ops(fp32: Path, out: Path, images: list[Path], preprocess: Preprocess) -> Path:
+    """``onnxruntime.quantization.quantize_static`` with its defaults: every supported op type, no exclusions
+    (QDQ, MinMax, per-channel). Known to give ~0 detections on YOLOv5: the head's concat mixes pixels and
+    probabilities under one scale."""
+    return _ort_quantize(fp32, out, images, preprocess)
+
+
+def nncf_onnx(fp32: Path, out: Path, images: list[Path], preprocess: Preprocess, ignored: list[str], preset: str | None = None) -> Path:
+    """``nncf.quantize`` on the ONNX model (NNCF needs opset >= 13), every calibration image (``subset_size``),
+    the head decode in the ignored scope. ``preset``: None (NNCF's default, PERFORMANCE = symmetric activations)
+    or ``"mixed"`` (asymmetric activations; NNCF's YOLO examples use it)."""
+    import logging
+
     import nncf
 
+    nncf.set_log_level(logging.WARNING)  # NNCF logs every node it leaves unquantized at INFO
     model = onnx.load(str(fp32))
-    dataset = nncf.Dataset(images, preprocess)
-    quantized = nncf.quantize(model, dataset, subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        model = onnx.version_converter.convert_version(model, 13)
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(list(images), preprocess),
+        preset=nncf.QuantizationPreset(preset) if preset else None,
+        subset_size=len(images),
+        ignored_scope=nncf.IgnoredScope(names=list(ignored)),
+    )
     onnx.save(quantized, str(out))
     return out

@@ -67,7 +67,7 @@ def measure_latency(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 1
 def measure_latency_interleaved(
     cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False
 ) -> dict[str, LatencyStats]:
-    """Time several runners round-robin (one call each per round), so machine noise hits all of them alike.
+    """Time several runners round-robin (one call each per round, order rotated), so machine noise hits all alike.
 
     Ratios between variants are only meaningful when measured this way on a shared or throttled machine.
     """
@@ -77,10 +77,13 @@ def measure_latency_interleaved(
     for runner, feed in cases.values():
         for _ in range(warmup):
             runner.infer(feed)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    steps = track(f"latency ({', '.join(cases)})", runs) if progress else range(runs)
-    for _ in steps:
-        for name, (runner, feed) in cases.items():
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    steps = track(f"latency ({', '.join(names)})", runs) if progress else range(runs)
+    for round_index in steps:
+        shift = round_index % len(names)  # rotate the order so no variant always runs right after another
+        for name in names[shift:] + names[:shift]:
+            runner, feed = cases[name]
             start = time.perf_counter()
             runner.infer(feed)
             times[name].append((time.perf_counter() - start) * 1000.0)
