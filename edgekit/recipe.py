@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekit.assets import expand
 from edgekit.errors import EdgekitError
+
+
+PathText = Annotated[str, AfterValidator(expand)]  # a path; ${EDGEKIT_ASSETS} and other variables expanded
 
 
 class _Strict(BaseModel):
@@ -18,14 +21,10 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     family: Literal["yolo"] = "yolo"
-    weights: str = Field(description="safetensors or Ultralytics .pt checkpoint (read without executing pickle code)")
+    weights: PathText = Field(description="safetensors or Ultralytics .pt checkpoint (read without executing pickle code)")
     input_size: int = Field(640, ge=32, description="square input side in pixels; a multiple of the largest stride")
     batch: int = Field(1, ge=1)
 
-    @field_validator("weights")
-    @classmethod
-    def _expand(cls, value: str) -> str:
-        return expand(value)
 
 
 class ExportSpec(_Strict):
@@ -44,14 +43,10 @@ class ExportSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    images: str
+    images: PathText
     count: int = Field(128, ge=1, description="number of images used (the first N by name)")
     warn_below: int = Field(32, ge=1)
 
-    @field_validator("images")
-    @classmethod
-    def _expand(cls, value: str) -> str:
-        return expand(value)
 
 
 class KeepFloat(_Strict):
@@ -79,13 +74,9 @@ class TargetSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    images: str
-    annotations: str
+    images: PathText
+    annotations: PathText
 
-    @field_validator("images", "annotations")
-    @classmethod
-    def _expand(cls, value: str) -> str:
-        return expand(value)
 
 
 class EvaluationSpec(_Strict):
