@@ -16,7 +16,14 @@ import onnx
 from edgekit.quantization.graph import GraphIndex
 from edgekit.quantization.spec import QParams, QuantSpec, Range
 
-WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}
+WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # output-channel axis of the weight input
+
+
+def weight_axis(node: onnx.NodeProto) -> int:
+    """Output-channel axis of ``node``'s weight (Gemm's B is [N, K] when transB=1, else [K, N])."""
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        return 0
+    return WEIGHT_OPS[node.op_type]
 
 
 @dataclass(frozen=True)
@@ -84,5 +91,5 @@ def build_spec(
         if node.op_type in placement.shared_io and node.output[0] in spec.activations and node.input[0] in spec.activations:
             spec.activations[node.output[0]] = spec.activations[node.input[0]]
         if node.op_type in WEIGHT_OPS and len(node.input) > 1 and index.is_constant(node.input[1]):
-            spec.weights[node.input[1]] = WEIGHT_OPS[node.op_type] if per_channel else None
+            spec.weights[node.input[1]] = weight_axis(node) if per_channel else None
     return spec
