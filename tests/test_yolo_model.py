@@ -72,3 +72,29 @@ def test_yolov8_style_architecture_builds_and_runs():
     out = model(torch.zeros(1, 3, 320, 320))
     assert out.shape == (1, 84, 40 * 40 + 20 * 20 + 10 * 10)
     assert np.isfinite(out.detach().numpy()).all()
+
+
+YOLO11N = {
+    "nc": 80, "scales": {"n": [0.50, 0.25, 1024]}, "scale": "n",
+    "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 2, "C3k2", [256, False, 0.25]],
+                 [-1, 1, "Conv", [256, 3, 2]], [-1, 2, "C3k2", [512, False, 0.25]], [-1, 1, "Conv", [512, 3, 2]],
+                 [-1, 2, "C3k2", [512, True]], [-1, 1, "Conv", [1024, 3, 2]], [-1, 2, "C3k2", [1024, True]],
+                 [-1, 1, "SPPF", [1024, 5]], [-1, 2, "C2PSA", [1024]]],
+    "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]], [-1, 2, "C3k2", [512, False]],
+             [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 4], 1, "Concat", [1]], [-1, 2, "C3k2", [256, False]],
+             [-1, 1, "Conv", [256, 3, 2]], [[-1, 13], 1, "Concat", [1]], [-1, 2, "C3k2", [512, False]],
+             [-1, 1, "Conv", [512, 3, 2]], [[-1, 10], 1, "Concat", [1]], [-1, 2, "C3k2", [1024, True]],
+             [[16, 19, 22], 1, "Detect", ["nc"]]],
+}
+
+
+def test_yolo11_builds_and_exports_to_onnx(tmp_path, yolo, eval_images):
+    """YOLO11n (C3k2, C2PSA attention, depthwise head) builds to Ultralytics' size and exports faithfully."""
+    from edgekit.export import check_against_torch, export_onnx
+
+    family, _ = yolo
+    model = build_model(YOLO11N)
+    assert sum(p.numel() for p in model.parameters()) == 2_624_080  # Ultralytics' published YOLO11n size
+    path = export_onnx(model, torch.zeros(1, 3, 640, 640), tmp_path / "yolo11n.onnx")
+    check = check_against_torch(model, path, [family.preprocess(eval_images[0])[0]["images"]], tolerance=1e-4)
+    assert check.passed

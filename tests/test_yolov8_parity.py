@@ -1,4 +1,4 @@
-"""edgekit's YOLOv8 modules reproduce the ultralytics package's output on a model built from ``yolov8n.yaml``.
+"""edgekit's YOLOv8 and YOLO11 modules reproduce the ultralytics package on models built from its yaml files.
 
 Runs only where ultralytics is installed (test-only environment, see tests/parity_env.sh): ultralytics depends on
 torchvision, which must never be installed with this CPU torch, so it is installed with ``--no-deps`` and its
@@ -29,13 +29,19 @@ finally:
 from edgekit.models.yolo.build import build_model  # noqa: E402
 
 
+@pytest.mark.parametrize(("config", "parameters"), [("yolov8n.yaml", 3_157_200), ("yolo11n.yaml", 2_624_080)])
 @pytest.mark.parametrize("size", [320, 640])
-def test_yolov8n_matches_ultralytics(yolo, eval_images, size):
+def test_matches_ultralytics(yolo, eval_images, size, config, parameters):
     family, _ = yolo
     torch.manual_seed(0)
-    reference = tasks.DetectionModel("yolov8n.yaml", verbose=False).eval()
+    reference = tasks.DetectionModel(config, verbose=False).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so every layer's parameters matter
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
     ours = build_model(dict(reference.yaml))
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters()) == 3_157_200
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters()) == parameters
     missing, unexpected = ours.load_state_dict(reference.state_dict(), strict=False)
     assert not [k for k in missing if "dfl" not in k] and not unexpected
     family.input_size = size

@@ -10,10 +10,10 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.models.yolo.checkpoint import Checkpoint
-from edgekit.models.yolo.modules import C2f, C3, SPPF, Bottleneck, Concat, Conv, Detect, DetectV8
+from edgekit.models.yolo.modules import C2PSA, C2f, C3, C3k2, SPPF, Bottleneck, Concat, Conv, Detect, DetectV8
 
-_BLOCKS = {"Conv": Conv, "C3": C3, "C2f": C2f, "SPPF": SPPF, "Bottleneck": Bottleneck}
-_REPEATED = {C3, C2f}
+_BLOCKS = {"Conv": Conv, "C3": C3, "C2f": C2f, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "Bottleneck": Bottleneck}
+_REPEATED = {C3, C2f, C3k2, C2PSA}
 
 
 def _make_divisible(x: float, divisor: int = 8) -> int:
@@ -47,13 +47,14 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
     nc = int(arch["nc"])
     depth, width = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
     max_channels = int(arch.get("max_channels", 1 << 30))
-    scales = arch.get("scales")
+    scale, scales = None, arch.get("scales")
     if scales:  # YOLOv8-style table: {"scales": {"n": [depth, width, max_channels], ...}, "scale": "n"}
         scale = arch.get("scale") or next(iter(scales))  # Ultralytics also falls back to the first scale
         if scale not in scales:
             raise EdgekitError(f"YOLO scale '{scale}' is not one of {sorted(scales)}", fix="check the checkpoint's yaml")
         depth, width, max_channels = float(scales[scale][0]), float(scales[scale][1]), int(scales[scale][2])
     anchors = arch.get("anchors")
+    legacy_head = not any(layer[2] == "C3k2" for layer in arch["backbone"] + arch["head"])  # YOLO11 has a depthwise head
     ch, layers, froms, save = [channels], [], [], set()
     for i, (src, repeats, kind, args) in enumerate(arch["backbone"] + arch["head"]):
         args = [nc if a == "nc" else anchors if a == "anchors" else None if a == "None" else a for a in args]
@@ -67,6 +68,8 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
             if block in _REPEATED:
                 args.insert(2, repeats)
                 repeats = 1
+            if block is C3k2 and scale in {"m", "l", "x"}:  # larger YOLO11 scales always use C3k blocks
+                args[3:4] = [True]
         elif kind == "Upsample":
             block, c2 = nn.Upsample, ch[src]
         elif kind == "Concat":
@@ -76,9 +79,9 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
             args = [args[0], args[1], [ch[j] for j in src]]
         elif kind == "Detect":
             block, c2 = DetectV8, None
-            args = [args[0], [ch[j] for j in src]]
+            args = [args[0], [ch[j] for j in src], legacy_head]
         else:
-            raise EdgekitError(f"unsupported YOLO layer type '{kind}' at layer {i}", fix="use a YOLOv5 or YOLOv8 architecture")
+            raise EdgekitError(f"unsupported YOLO layer type '{kind}' at layer {i}", fix="use a YOLOv5, YOLOv8 or YOLO11 architecture")
         module = nn.Sequential(*(block(*args) for _ in range(repeats))) if repeats > 1 else block(*args)
         layers.append(module)
         froms.append(src)

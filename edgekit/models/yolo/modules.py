@@ -74,6 +74,79 @@ class C2f(nn.Module):
         return self.cv2(torch.cat(y, 1))
 
 
+class C3k(C3):
+    """C3 with k x k bottlenecks (YOLO11)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5, k: int = 3):
+        super().__init__(c1, c2, n, shortcut, g, e)
+        hidden = int(c2 * e)
+        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
+
+
+class C3k2(C2f):
+    """C2f whose inner blocks are C3k (``c3k=True``) or 3x3 bottlenecks (YOLO11)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True):
+        super().__init__(c1, c2, n, shortcut, g, e)
+        self.m = nn.ModuleList(
+            C3k(self.c, self.c, 2, shortcut, g) if c3k else Bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=0.5) for _ in range(n)
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a depthwise positional conv (YOLO11)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, attn_ratio: float = 0.5):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = Conv(dim, dim + 2 * self.key_dim * num_heads, 1, act=False)
+        self.proj = Conv(dim, dim, 1, act=False)
+        self.pe = Conv(dim, dim, 3, 1, g=dim, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, self.num_heads, 2 * self.key_dim + self.head_dim, h * w).split([self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        out = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        return self.proj(out)
+
+
+class PSABlock(nn.Module):
+    """Attention then a 1x1 feed-forward, each with a residual (YOLO11)."""
+
+    def __init__(self, c: int, attn_ratio: float = 0.5, num_heads: int = 4, shortcut: bool = True):
+        super().__init__()
+        self.attn = Attention(c, num_heads=num_heads, attn_ratio=attn_ratio)
+        self.ffn = nn.Sequential(Conv(c, c * 2, 1), Conv(c * 2, c, 1, act=False))
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x) if self.add else self.attn(x)
+        return x + self.ffn(x) if self.add else self.ffn(x)
+
+
+class C2PSA(nn.Module):
+    """Split, position-sensitive attention on one half, merge (YOLO11)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5):
+        super().__init__()
+        self.c = int(c1 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv(2 * self.c, c1, 1)
+        self.m = nn.Sequential(*(PSABlock(self.c, attn_ratio=0.5, num_heads=max(self.c // 64, 1)) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).split((self.c, self.c), dim=1)
+        return self.cv2(torch.cat((a, self.m(b)), 1))
+
+
+def dw_conv(c1: int, c2: int, k: int = 1) -> Conv:
+    """Depthwise(-grouped) Conv + BN + SiLU."""
+    return Conv(c1, c2, k, g=math.gcd(c1, c2))
+
+
 class SPPF(nn.Module):
     """Spatial pyramid pooling, fast (three chained max-pools)."""
 
@@ -147,16 +220,22 @@ class DFL(nn.Module):
 
 
 class DetectV8(nn.Module):
-    """YOLOv8 anchor-free head with DFL. Output: (batch, 4 + classes, anchors) = cx, cy, w, h (pixels), class probs."""
+    """YOLOv8/YOLO11 anchor-free head with DFL. Output: (batch, 4 + classes, anchors) = cx, cy, w, h (pixels), class probs."""
 
-    def __init__(self, nc: int = 80, ch: tuple[int, ...] = ()):
+    def __init__(self, nc: int = 80, ch: tuple[int, ...] = (), legacy: bool = True):
         super().__init__()
         self.nc, self.nl, self.reg_max = nc, len(ch), 16
         self.no = nc + self.reg_max * 4
         self.register_buffer("stride", torch.zeros(self.nl), persistent=False)
         c2, c3 = max((16, ch[0] // 4, self.reg_max * 4)), max(ch[0], min(nc, 100))
         self.cv2 = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * self.reg_max, 1)) for x in ch)
-        self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        if legacy:  # YOLOv8
+            self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        else:  # YOLO11: depthwise class branch
+            self.cv3 = nn.ModuleList(
+                nn.Sequential(nn.Sequential(dw_conv(x, x, 3), Conv(x, c3, 1)), nn.Sequential(dw_conv(c3, c3, 3), Conv(c3, c3, 1)), nn.Conv2d(c3, nc, 1))
+                for x in ch
+            )
         self.dfl = DFL(self.reg_max)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:

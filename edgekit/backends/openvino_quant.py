@@ -1,0 +1,198 @@
+"""INT8 OpenVINO IR with NNCF: convert the FP32 ONNX model, quantize it with the family's float nodes ignored, save.
+
+How ONNX node names survive ``openvino.convert_model`` (checked on YOLOv5n, OpenVINO 2026.4):
+
+* a 1:1 op keeps the ONNX node name as its friendly name (``/model.24/Sigmoid`` -> ``Sigmoid`` op
+  ``/model.24/Sigmoid``); its output tensor keeps the ONNX tensor name (``/model.24/Sigmoid_output_0``);
+* an ONNX ``Conv`` with bias becomes ``Convolution`` ``<name>/WithoutBiases`` + ``Add`` ``<name>``;
+* the op producing a graph output is renamed after the output tensor (``/model.24/Concat_6`` -> ``output0``);
+* the frontend fuses constant arithmetic (YOLOv5's ``Mul(2) -> Sub(0.5) -> Add(grid)`` becomes one
+  ``Multiply_<n>`` and an ``Add`` named after the *last* ONNX node), so some ONNX names vanish and some OpenVINO
+  ops have generated names and no ONNX tensor names at all.
+
+``openvino_ignored_names`` therefore matches by friendly name, then by output tensor name, then adds the
+generated-name ops whose every non-constant input comes from an already ignored op (the fused decode
+arithmetic). On YOLOv5n the 46 ONNX decode nodes map to 40 OpenVINO ops: exactly the non-constant ops downstream
+of the three head convs (tested).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runners.openvino import import_openvino, read_model
+
+_STRUCTURAL = {"Constant", "Parameter", "Result"}
+
+
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise EdgekitError("nncf is not installed", fix='pip install -e ".[openvino,peers]"') from exc
+    return nncf
+
+
+def openvino_ignored_names(ov_model, onnx_model, float_nodes: Iterable[str]) -> list[str]:
+    """Friendly names of the OpenVINO ops that implement the ONNX nodes ``float_nodes`` (see the module doc)."""
+    float_nodes = set(float_nodes)
+    onnx_names = {n.name for n in onnx_model.graph.node}
+    float_tensors = {t for n in onnx_model.graph.node if n.name in float_nodes for t in n.output}
+    onnx_tensors = {t for n in onnx_model.graph.node for t in n.output}
+    ignored: set[str] = set()
+    for op in ov_model.get_ordered_ops():  # topological order
+        if op.get_type_name() in _STRUCTURAL:
+            continue
+        name = op.get_friendly_name()
+        tensor_names = {t for out in op.outputs() for t in out.get_names()}
+        if name in float_nodes or tensor_names & float_tensors:
+            ignored.add(name)
+            continue
+        if name in onnx_names or tensor_names & onnx_tensors:
+            continue  # a quantizable ONNX node (or a node the caller did not ask to keep float)
+        producers = [inp.get_source_output().get_node() for inp in op.inputs()]
+        live = [p for p in producers if p.get_type_name() != "Constant"]
+        if live and all(p.get_friendly_name() in ignored for p in live):
+            ignored.add(name)  # generated op fused from float decode arithmetic
+    return sorted(ignored)
+
+
+def _feed_fn(preprocess: Callable) -> Callable[[Path], Any]:
+    def transform(path: Path):
+        out = preprocess(path)
+        return out[0] if isinstance(out, tuple) else out  # family.preprocess returns (feed, letterbox)
+
+    return transform
+
+
+def save_ir_atomic(ov_model, out_xml: str | Path, compress_to_fp16: bool = False) -> Path:
+    """``openvino.save_model`` into a temporary folder beside ``out_xml``, then rename .bin and .xml into place."""
+    ov = import_openvino()
+    out_xml = Path(out_xml)
+    if out_xml.suffix != ".xml":
+        raise EdgekitError("OpenVINO IR path must end with .xml", out_xml, "use e.g. model_int8.xml")
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_xml.stem}.", dir=out_xml.parent))
+    try:
+        tmp_xml = staging / out_xml.name
+        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        # .bin first: a reader that sees the new .xml always finds its weights.
+        (staging / out_xml.with_suffix(".bin").name).replace(out_xml.with_suffix(".bin"))
+        tmp_xml.replace(out_xml)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_xml
+
+
+def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset: str):
+    ov = import_openvino()
+    nncf = _import_nncf()
+    import onnx
+
+    fp32_onnx = Path(fp32_onnx)
+    if not images:
+        raise EdgekitError("no calibration images", fix="pass at least one calibration image")
+    read_model(fp32_onnx)  # one-line error for a missing/corrupt model
+    ov_model = ov.convert_model(str(fp32_onnx))
+    names = openvino_ignored_names(ov_model, onnx.load(str(fp32_onnx), load_external_data=False), float_nodes)
+    presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
+    if preset not in presets:
+        raise EdgekitError(f"unknown NNCF preset {preset!r}", fix="use one of: mixed, performance")
+    scope = nncf.IgnoredScope(names=names, validate=False)
+    return ov_model, presets[preset], scope
+
+
+def quantize_openvino(
+    fp32_onnx: Path,
+    out_xml: Path,
+    images: list[Path],
+    preprocess: Callable,
+    float_nodes: list[str],
+    preset: str = "mixed",
+) -> Path:
+    """INT8 OpenVINO IR of ``fp32_onnx`` by NNCF post-training quantization; returns ``out_xml``.
+
+    ``preprocess(path)`` gives the model feed (a dict, or the family's ``(feed, letterbox)``); ``float_nodes`` are
+    ONNX node names (``family.float_nodes(onnx_model)``) mapped to OpenVINO op names and ignored by NNCF.
+    ``mixed``: symmetric weights, asymmetric activations. All ``images`` are used (``subset_size=len(images)``).
+    """
+    nncf = _import_nncf()
+    ov_model, preset_value, scope = _prepare(fp32_onnx, images, float_nodes, preset)
+    dataset = nncf.Dataset(list(images), _feed_fn(preprocess))
+    quantized = nncf.quantize(ov_model, dataset, preset=preset_value, subset_size=len(images), ignored_scope=scope)
+    return save_ir_atomic(quantized, out_xml)
+
+
+def coco_validation_fn(family, annotations: str | Path) -> Callable:
+    """``validation_fn(compiled_model, items) -> mAP50-95`` for NNCF; items are ``(image_id, path)``.
+
+    Detections come from ``family.postprocess`` and are scored by edgekit's COCO evaluator (pycocotools).
+    """
+    from edgekit.evaluators.coco import coco_category_ids, evaluate_coco
+    from edgekit.models.yolo.processing import to_coco
+
+    category_ids = coco_category_ids(annotations)
+
+    def validate(compiled_model, items: Iterable) -> float:
+        detections: list[dict] = []
+        image_ids: list[int] = []
+        request = compiled_model.create_infer_request()
+        for image_id, path in items:
+            feed, meta = family.preprocess(path)
+            results = request.infer(feed)
+            outputs = {port.get_any_name(): np.asarray(results[port]) for port in compiled_model.outputs}
+            detections.extend(to_coco(family.postprocess(outputs, meta), image_id, category_ids))
+            image_ids.append(int(image_id))
+        return float(evaluate_coco(detections, annotations, image_ids).metrics["mAP50-95"])
+
+    return validate
+
+
+def quantize_openvino_with_accuracy_control(
+    fp32_onnx: Path,
+    out_xml: Path,
+    images: list[Path],
+    preprocess: Callable,
+    float_nodes: list[str],
+    family,
+    eval_images_dir: str | Path,
+    annotations: str | Path,
+    max_drop: float = 0.01,
+    max_eval_images: int | None = None,
+    preset: str = "mixed",
+) -> Path:
+    """``nncf.quantize_with_accuracy_control``: quantize, then revert the most harmful layers to float until the
+    COCO mAP50-95 drop on the validation set is at most ``max_drop`` (absolute, e.g. 0.01 = 1 point).
+
+    Slow: NNCF validates the FP32 and INT8 models on the whole validation set, ranks layers (one validation per
+    candidate group on a subset) and re-validates after each revert -- tens of full evaluations; on 2 CPU cores
+    and 158 images expect tens of minutes. Use ``max_eval_images`` to trade trust for time.
+    """
+    from edgekit.evaluators.coco import load_coco_images
+
+    nncf = _import_nncf()
+    ov_model, preset_value, scope = _prepare(fp32_onnx, images, float_nodes, preset)
+    items = load_coco_images(annotations, eval_images_dir)[: max_eval_images or None]
+    if not items:
+        raise EdgekitError("no evaluation images found", annotations, "check the images folder and annotations")
+    calibration = nncf.Dataset(list(images), _feed_fn(preprocess))
+    validation = nncf.Dataset(items, lambda item: family.preprocess(item[1])[0])
+    quantized = nncf.quantize_with_accuracy_control(
+        ov_model,
+        calibration_dataset=calibration,
+        validation_dataset=validation,
+        validation_fn=coco_validation_fn(family, annotations),
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        preset=preset_value,
+        subset_size=len(images),
+        ignored_scope=scope,
+    )
+    return save_ir_atomic(quantized, out_xml)
