@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ANNOTATIONS, ASSETS, COCO, REPO, WEIGHTS_ST
+from conftest import COCO, REPO, WEIGHTS_ST
 
 
 def edgekit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -144,13 +144,3 @@ def test_calibration_memory_does_not_grow_with_images(fp32_onnx, yolo, calib_ima
         collect_ranges(model, tensors, calib_images[:24], prep, method="percentile", use_cache=False)
     assert large.peak_mb < small.peak_mb + 150, (small.peak_mb, large.peak_mb)
 
-
-def test_gemm_weight_axis_follows_transb():
-    from onnx import helper
-
-    from edgekit.quantization.placement import weight_axis
-
-    assert weight_axis(helper.make_node("Gemm", ["a", "b"], ["y"], transB=1)) == 0
-    assert weight_axis(helper.make_node("Gemm", ["a", "b"], ["y"])) == 1
-    assert weight_axis(helper.make_node("Conv", ["x", "w"], ["y"])) == 0
-    assert weight_axis(helper.make_node("MatMul", ["x", "w"], ["y"])) == 1

@@ -95,12 +95,18 @@ def test_tensorrt_placement_lints_clean(yolo_int8):
 
 
 def test_quantize_static_with_tensorrt_placement_lints_clean(yolo_int8, yolo, calib_images):
-    """edgekit's generic PTQ accepts the placement too (its int32 bias DQs are allowed by the rules)."""
+    """The generic PTQ under the TensorRT placement is the TensorRT quantizer; int32 bias DQs also pass the rules."""
+    from dataclasses import replace
+
     family, _ = yolo
-    model, _, _ = yolo_int8
-    result = quantize_static(model, calib_images[:8], lambda p: family.preprocess(p)[0], float_nodes=family.float_nodes(model), placement=TENSORRT_PLACEMENT)
-    assert lint_qdq_for_tensorrt(result.model) == []
-    assert any(n.name.endswith("_bias_DequantizeLinear") for n in result.model.graph.node)
+    model, _, trt_q = yolo_int8
+    prep = lambda p: family.preprocess(p)[0]  # noqa: E731
+    result = quantize_static(model, calib_images[:8], prep, float_nodes=family.float_nodes(model), placement=TENSORRT_PLACEMENT, use_cache=False)
+    assert result.model.SerializeToString(deterministic=True) == trt_q.model.SerializeToString(deterministic=True)
+    int32_bias = quantize_static(model, calib_images[:8], prep, float_nodes=family.float_nodes(model), placement=replace(TENSORRT_PLACEMENT, float_bias=False))
+    assert lint_qdq_for_tensorrt(int32_bias.model) == []
+    assert any(n.name.endswith("_bias_DequantizeLinear") for n in int32_bias.model.graph.node)
+    assert not any(n.name.endswith("_bias_DequantizeLinear") for n in result.model.graph.node)
 
 
 def test_onnxruntime_runs_tensorrt_placement_and_tracks_fp32(yolo_int8, yolo, eval_images):

@@ -15,29 +15,21 @@ kernel whose output is re-quantized by the next layer's Q. Its rules differ from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-from edgekit.quantization.calibration import collect_ranges
 from edgekit.quantization.graph import GraphIndex
-from edgekit.quantization.placement import Placement, build_spec, quantized_nodes, tensors_to_quantize
-from edgekit.quantization.ptq import PTQResult
+from edgekit.quantization.placement import TENSORRT_PLACEMENT, build_spec, weight_axis
+from edgekit.quantization.ptq import PTQResult, quantize_static
 from edgekit.quantization.qdq import insert_qdq
 from edgekit.quantization.spec import QuantSpec, Range
 
-TENSORRT_PLACEMENT = Placement(
-    name="tensorrt",
-    # Compute layers plus the ops whose inputs TensorRT wants quantized to fuse a residual Add into the
-    # preceding conv and to run Concat in INT8. Sigmoid/Mul (SiLU), pools and resizes stay float: TensorRT fuses
-    # pointwise activations into the conv and commutes Q through pooling/resizing itself.
-    ops=frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat"}),
-    activation_dtype="int8",  # QParams.from_range(..., "int8") -> symmetric, zero-point 0
-)
+__all__ = ["TENSORRT_PLACEMENT", "LintIssue", "build_tensorrt_spec", "insert_qdq_for_tensorrt", "lint_qdq_for_tensorrt", "quantize_for_tensorrt", "weight_axis"]
 
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
 LINEAR_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -45,110 +37,28 @@ _ALLOWED_QTYPES = {TensorProto.INT8: "int8", TensorProto.FLOAT8E4M3FN: "float8e4
 _INT_TYPES = {TensorProto.INT32, TensorProto.INT64, TensorProto.UINT32, TensorProto.UINT64, TensorProto.INT16}
 
 
-def weight_axis(node: onnx.NodeProto, weight_rank: int = 2) -> int:
-    """The output-channel axis of ``node``'s weight input (input 1), for per-channel weight quantization."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":  # B is (K, N), or (N, K) with transB=1
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul":  # B is (..., K, N): output channels on the last axis
-        return max(weight_rank - 1, 0)
-    raise ValueError(f"{node.op_type} has no weight axis")
-
-
 def build_tensorrt_spec(
-    model: onnx.ModelProto,
-    ranges: dict[str, Range],
-    float_nodes: list[str],
-    float_ops: list[str] | None = None,
-    per_channel: bool = True,
+    model: onnx.ModelProto, ranges: dict[str, Range], float_nodes: list[str], float_ops: list[str] | None = None, per_channel: bool = True
 ) -> QuantSpec:
-    """``build_spec`` under ``TENSORRT_PLACEMENT``, with weight axes taken from each node's layout (Gemm transB)."""
-    spec = build_spec(model, TENSORRT_PLACEMENT, ranges, float_nodes, list(float_ops or []), per_channel)
-    index = GraphIndex(model)
-    if per_channel:
-        for node in model.graph.node:
-            if node.op_type in LINEAR_OPS and len(node.input) > 1 and node.input[1] in spec.weights:
-                rank = len(index.initializers[node.input[1]].dims) if node.input[1] in index.initializers else 2
-                spec.weights[node.input[1]] = weight_axis(node, rank)
-    return spec
-
-
-def fold_bias_dq(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace ``int32 bias -> DequantizeLinear`` by the equivalent float initializer (in place; returns ``model``).
-
-    TensorRT quantizes nothing on the bias path: it fuses a float bias into the INT8 kernel. The values are
-    unchanged (the dequantized int32 bias), so ONNX Runtime computes the same result.
-    """
-    graph = model.graph
-    index = GraphIndex(model)
-    drop: set[str] = set()
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in index.initializers:
-            continue
-        if index.initializers[node.input[0]].data_type != TensorProto.INT32:
-            continue
-        q = index.array(node.input[0]).astype(np.float64)
-        scale = index.array(node.input[1]).astype(np.float64)
-        zp = index.array(node.input[2]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-        if scale.ndim == 1 and q.ndim > 1:  # per-axis bias scale: broadcast along the node's axis
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale = scale.reshape(shape)
-            zp = np.reshape(zp, shape) if np.ndim(zp) else zp
-        graph.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), node.output[0]))
-        drop.add(node.name or node.output[0])
-    keep = [n for n in graph.node if (n.name or n.output[0]) not in drop]
-    del graph.node[:]
-    graph.node.extend(keep)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    return model
+    """The shared ``build_spec`` under ``TENSORRT_PLACEMENT``."""
+    return build_spec(model, TENSORRT_PLACEMENT, ranges, float_nodes, list(float_ops or []), per_channel)
 
 
 def insert_qdq_for_tensorrt(model: onnx.ModelProto, spec: QuantSpec, float_bias: bool = True) -> onnx.ModelProto:
-    """``insert_qdq`` then (by default) fold the int32 bias DQs back to float biases, as TensorRT expects."""
-    out = insert_qdq(model, spec)
-    return fold_bias_dq(out) if float_bias else out
+    """``insert_qdq`` with float biases (TensorRT fuses a float bias into its INT8 kernel)."""
+    return insert_qdq(model, spec, quantize_bias=not float_bias)
 
 
 def quantize_for_tensorrt(
     model: onnx.ModelProto,
     images: list[Path],
     preprocess: Callable[[Path], dict[str, np.ndarray]],
-    method: str = "percentile",
-    percentile: float = 99.99,
-    per_channel: bool = True,
-    float_nodes: list[str] | None = None,
-    float_ops: list[str] | None = None,
-    threads: int = 2,
-    progress: Callable[[str, int], Iterator[int]] | None = None,
-    use_cache: bool = True,
     float_bias: bool = True,
+    **kwargs,
 ) -> PTQResult:
-    """Calibrate ``model`` and return its Q/DQ INT8 version for TensorRT (lints clean with ``lint_qdq_for_tensorrt``)."""
-    float_nodes, float_ops = list(float_nodes or []), list(float_ops or [])
-    tensors = tensors_to_quantize(model, quantized_nodes(model, TENSORRT_PLACEMENT, float_nodes, float_ops))
-    calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
-    spec = build_tensorrt_spec(model, calib.ranges, float_nodes, float_ops, per_channel)
-    spec.settings = {
-        "method": method,
-        "percentile": percentile if method == "percentile" else None,
-        "per_channel": per_channel,
-        "placement": TENSORRT_PLACEMENT.name,
-        "activation_dtype": "int8 symmetric",
-        "weight_dtype": "int8 symmetric",
-        "bias": "float" if float_bias else "int32",
-        "calibration_images": len(images),
-        "calibration_key": calib.key,
-    }
-    return PTQResult(insert_qdq_for_tensorrt(model, spec, float_bias), spec, calib)
+    """``quantize_static`` under ``TENSORRT_PLACEMENT`` (lints clean with ``lint_qdq_for_tensorrt``)."""
+    placement = TENSORRT_PLACEMENT if float_bias else replace(TENSORRT_PLACEMENT, float_bias=False)
+    return quantize_static(model, images, preprocess, placement=placement, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------- lint

@@ -16,14 +16,20 @@ import onnx
 from edgekit.quantization.graph import GraphIndex
 from edgekit.quantization.spec import QParams, QuantSpec, Range
 
-WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # output-channel axis of the weight input
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
-def weight_axis(node: onnx.NodeProto) -> int:
-    """Output-channel axis of ``node``'s weight (Gemm's B is [N, K] when transB=1, else [K, N])."""
-    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+def weight_axis(node: onnx.NodeProto, weight_rank: int = 2) -> int:
+    """The output-channel axis of ``node``'s weight input (input 1), for per-channel weight quantization."""
+    if node.op_type == "Conv":
         return 0
-    return WEIGHT_OPS[node.op_type]
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":  # B is (K, N), or (N, K) with transB=1
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    if node.op_type == "MatMul":  # B is (..., K, N): output channels on the last axis
+        return max(weight_rank - 1, 0)
+    raise ValueError(f"{node.op_type} has no weight axis")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Placement:
     activation_dtype: str = "uint8"
     fixed_ranges: dict[str, Range] = field(default_factory=dict)  # op type -> output range known a priori
     shared_io: frozenset[str] = frozenset()  # ops whose output reuses the input's parameters
+    float_bias: bool = False  # keep biases float (TensorRT) instead of int32 Q/DQ (ONNX Runtime's QLinearConv)
 
 
 ORT_PLACEMENT = Placement(
@@ -44,7 +51,12 @@ ORT_PLACEMENT = Placement(
     shared_io=frozenset({"MaxPool", "Resize"}),
 )
 CONV_ONLY_PLACEMENT = Placement(name="conv-only", ops=frozenset({"Conv"}))
-PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT)}
+# TensorRT: Q/DQ on the inputs of compute layers (and of residual Adds and Concats, so they fuse); SiLU, pools and
+# resizes stay float (TensorRT fuses pointwise ops into the conv); symmetric int8 activations; float biases.
+TENSORRT_PLACEMENT = Placement(
+    name="tensorrt", ops=frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat"}), activation_dtype="int8", float_bias=True
+)
+PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT, TENSORRT_PLACEMENT)}
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -91,5 +103,5 @@ def build_spec(
         if node.op_type in placement.shared_io and node.output[0] in spec.activations and node.input[0] in spec.activations:
             spec.activations[node.output[0]] = spec.activations[node.input[0]]
         if node.op_type in WEIGHT_OPS and len(node.input) > 1 and index.is_constant(node.input[1]):
-            spec.weights[node.input[1]] = weight_axis(node) if per_channel else None
+            spec.weights[node.input[1]] = weight_axis(node, len(index.initializers[node.input[1]].dims)) if per_channel else None
     return spec

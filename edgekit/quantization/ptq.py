@@ -47,9 +47,10 @@ def quantize_static(
         "percentile": percentile if method == "percentile" else None,
         "per_channel": per_channel,
         "placement": placement.name,
-        "activation_dtype": placement.activation_dtype,
+        "activation_dtype": placement.activation_dtype + (" symmetric" if placement.activation_dtype == "int8" else ""),
         "weight_dtype": "int8 symmetric",
+        "bias": "float" if placement.float_bias else "int32",
         "calibration_images": len(images),
         "calibration_key": calib.key,
     }
-    return PTQResult(insert_qdq(model, spec), spec, calib)
+    return PTQResult(insert_qdq(model, spec, quantize_bias=not placement.float_bias), spec, calib)

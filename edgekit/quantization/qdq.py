@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgekit.quantization.graph import GraphIndex
-from edgekit.quantization.spec import QParams, QuantSpec
+from edgekit.quantization.spec import QuantSpec
 
 _NP = {"uint8": np.uint8, "int8": np.int8}
 
@@ -38,8 +38,11 @@ def _const(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
     return name
 
 
-def insert_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
-    """Return a copy of ``model`` with Q/DQ nodes placed as ``spec`` says (opset >= 13)."""
+def insert_qdq(model: onnx.ModelProto, spec: QuantSpec, quantize_bias: bool = True) -> onnx.ModelProto:
+    """Return a copy of ``model`` with Q/DQ nodes placed as ``spec`` says (opset >= 13).
+
+    ``quantize_bias=False`` keeps conv biases float (TensorRT fuses float biases into its INT8 kernels).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -79,7 +82,7 @@ def insert_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
         attrs = {"axis": axis} if axis is not None else {}
         weight_nodes.append(helper.make_node("DequantizeLinear", [qw, sc, zp], [f"{prefix}_DQ"], name=f"{prefix}_DequantizeLinear", **attrs))
         node.input[1] = f"{prefix}_DQ"
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in index.initializers:
+        if quantize_bias and node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in index.initializers:
             x_name = node.input[0].removesuffix("_DQ")
             if x_name in spec.activations:
                 bias = index.array(node.input[2]).astype(np.float64)

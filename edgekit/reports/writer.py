@@ -10,7 +10,7 @@ from typing import Any
 
 from edgekit.artifacts import atomic_path
 from edgekit.reports.budget import evaluate_budgets
-from edgekit.reports.schema import Report, Variant
+from edgekit.reports.schema import Report
 
 TOP_CLASS_DROPS = 10
 _ISA_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx512_bf16", "amx_int8", "amx_tile", "avx2", "asimd", "asimddp", "i8mm", "sve")
