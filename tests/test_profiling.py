@@ -13,7 +13,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekit.errors import EdgekitError
-from edgekit.profiling import device as device_mod
 from edgekit.profiling.device import FLAGS_OF_INTEREST, device_fingerprint, parse_proc_cpuinfo
 from edgekit.profiling.latency import LatencyStats, measure_latency
 from edgekit.profiling.memory import PeakMemory, model_size_bytes
