@@ -41,6 +41,9 @@ def _print_variants(report) -> None:
     for v in report.variants:
         verdict = "-" if not v.budget else ("PASS" if all(b.passed for b in v.budget) else "FAIL")
         lat = v.latency_ms
+        if v.status != "measured":
+            table.add_row(v.name, *["-"] * len(metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", "not built")
+            continue
         table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], f"{lat.median:.2f}" if lat else "-", f"{lat.p90:.2f}" if lat else "-", f"{v.size_bytes / 1e6:.2f}", verdict)
     console.print(table)
 
@@ -148,13 +151,17 @@ def inspect(
 
 
 @app.command()
-def check(report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")]) -> None:
-    """Exit 0 when every budget in the report holds, 1 (naming metric, drop and budget) when one does not."""
+def check(
+    report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")],
+    require_all: Annotated[bool, typer.Option("--require-all", help="also fail when a target could not be built here (e.g. TensorRT without a GPU)")] = False,
+) -> None:
+    """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one does not."""
     from edgekit.reports import check_report, load_report
 
-    ok, lines = check_report(load_report(report))
+    ok, lines = check_report(load_report(report), require_all)
     for line in lines:
-        (console if ok or "FAIL" not in line else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
+        bad = "FAIL" in line or (require_all and "SKIPPED" in line)
+        (err_console if bad else console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
     console.print("all budgets hold")

@@ -1,4 +1,5 @@
-"""The main job: recipe -> FP32 ONNX -> fused ONNX -> INT8 Q/DQ ONNX -> evaluate and profile -> report.
+"""The main job: recipe -> FP32 ONNX -> fused ONNX -> INT8 Q/DQ ONNX -> one engine per target -> evaluate and
+profile every engine side by side -> report.
 
 Everything is built in a staging folder beside ``--out`` and renamed into place only when the whole run
 succeeded, so a failed run never leaves a half-built model or report behind.
@@ -22,9 +23,10 @@ from edgekit import progress
 from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
 from edgekit.export import check_against_torch, export_onnx
+from edgekit.export.onnx_export import fuse_batchnorm
 from edgekit.models import get_family
 from edgekit.onnx_io import load_onnx, save_onnx
-from edgekit.recipe import Recipe, TargetSpec
+from edgekit.recipe import Recipe
 
 FP32_RAW, FP32, INT8 = "model_fp32_raw.onnx", "model_fp32.onnx", "model_int8.onnx"
 
@@ -37,9 +39,13 @@ class BuildContext:
     family: object = None
     timings: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # input path -> sha256
-    artifacts: dict[str, Path] = field(default_factory=dict)  # precision -> model path
+    artifacts: dict[str, Path] = field(default_factory=dict)  # "fp32" / "int8" -> shared ONNX model path
     settings: dict[str, dict] = field(default_factory=dict)
     samples: list[dict[str, np.ndarray]] = field(default_factory=list)  # a few preprocessed real inputs
+    torch_model: object = None  # BN-fused FP32 module (LiteRT converts from PyTorch)
+    calibration: list[Path] = field(default_factory=list)
+    calibrated_tensors: list[str] = field(default_factory=list)  # one calibration pass covers every placement
+    builds: dict = field(default_factory=dict)  # target name -> edgekit.backends.BuiltTarget
 
 
 class _Timer:
@@ -89,6 +95,7 @@ def export_stage(ctx: BuildContext) -> None:
     with _Timer(ctx, "load"):
         model = ctx.family.load_torch(r.model.weights)
         ctx.inputs[str(r.model.weights)] = sha256_file(r.model.weights)
+    ctx.torch_model = fuse_batchnorm(model)
     with _Timer(ctx, "export"):
         raw = export_onnx(model, torch.zeros(r.model.batch, 3, r.model.input_size, r.model.input_size), ctx.stage / FP32_RAW, r.export.opset, r.export.dynamic_batch)
         samples = [feed[ctx.family.input_name] for feed in _sample_feeds(ctx, 4)]
@@ -105,12 +112,16 @@ def export_stage(ctx: BuildContext) -> None:
 def quantize_stage(ctx: BuildContext) -> None:
     """Calibrate on the recipe's images and write the INT8 Q/DQ model and its spec."""
     from edgekit.quantization.calibration import calibration_images
-    from edgekit.quantization.ptq import quantize_static
+    from edgekit.quantization.placement import ORT_PLACEMENT, TENSORRT_PLACEMENT
+    from edgekit.quantization.ptq import quantize_static, tensors_for_placements
 
     q = ctx.recipe.quantization
     fp32 = load_onnx(ctx.artifacts["fp32"])
+    float_nodes = (ctx.family.float_nodes(fp32) if q.keep_float.head else []) + q.keep_float.nodes
+    placements = [ORT_PLACEMENT] + ([TENSORRT_PLACEMENT] if any(t.name == "tensorrt:int8" for t in ctx.recipe.targets) else [])
+    ctx.calibrated_tensors = tensors_for_placements(fp32, placements, float_nodes, q.keep_float.op_types)
     with _Timer(ctx, "quantize"):
-        images = calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below)
+        images = ctx.calibration = calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below)
         result = quantize_static(
             fp32,
             images,
@@ -118,10 +129,11 @@ def quantize_stage(ctx: BuildContext) -> None:
             method=q.method,
             percentile=q.percentile,
             per_channel=q.per_channel,
-            float_nodes=(ctx.family.float_nodes(fp32) if q.keep_float.head else []) + q.keep_float.nodes,
+            float_nodes=float_nodes,
             float_ops=q.keep_float.op_types,
             threads=ctx.recipe.benchmark.threads,
             progress=progress.track,
+            also_calibrate=ctx.calibrated_tensors,
         )
         ctx.inputs[f"{q.calibration.images} ({len(images)} images)"] = sha256_bytes("".join(sha256_file(p) for p in images).encode())
         settings = result.spec.settings
@@ -131,75 +143,109 @@ def quantize_stage(ctx: BuildContext) -> None:
     ctx.artifacts["int8"] = ctx.stage / INT8
 
 
-def evaluate_target(ctx: BuildContext, target: TargetSpec, runner, reference_outputs: list[dict] | None) -> tuple[dict, list[dict]]:
-    """Accuracy and fidelity of one built variant; returns its report entry and its raw outputs on sample images."""
-    from edgekit.evaluators.detection import evaluate_detector, raw_outputs
-    from edgekit.evaluators.fidelity import summarize_fidelity
+def build_stage(ctx: BuildContext) -> None:
+    """Build every target's engine with its backend's builder (``edgekit.backends.BUILDERS``)."""
+    from edgekit.backends import BUILDERS, BuildInputs
+
+    inputs = BuildInputs(
+        recipe=ctx.recipe, stage=ctx.stage, family=ctx.family, fp32_onnx=ctx.artifacts["fp32"], torch_model=ctx.torch_model,
+        int8_onnx=ctx.artifacts.get("int8"), quant_settings=ctx.settings.get("quantization"), calibration_images=ctx.calibration,
+        calibrated_tensors=ctx.calibrated_tensors, progress=progress.track,
+    )
+    for target in ctx.recipe.targets:
+        with _Timer(ctx, f"build {target.name}"):
+            built = BUILDERS[target.backend](inputs, target)
+        if not built.built:
+            progress.log(f"[yellow]{target.name} not built:[/] {built.not_built}")
+        ctx.builds[target.name] = built
+
+
+def _entry(ctx: BuildContext, built) -> dict:
+    """The report entry of one target without measurements: provenance, size, files."""
     from edgekit.profiling.memory import model_size_bytes
 
+    r, target = ctx.recipe, built.target
+    path = built.path
+    return {
+        "name": target.name,
+        "backend": target.backend,
+        "precision": target.precision,
+        "model_path": str(path.relative_to(ctx.stage)) if path else "",
+        "status": "measured" if built.built else "not_built",
+        "not_built_reason": built.not_built,
+        "files": [str(p.relative_to(ctx.stage)) for p in built.files],
+        "metrics": {},
+        "batch": r.model.batch,
+        "threads": r.benchmark.threads,
+        "size_bytes": model_size_bytes(path) if path else 0,
+        "notes": list(built.notes),
+        "manifest": {
+            "versions": _versions(),
+            "settings": {
+                "export": ctx.settings.get("export"),
+                "passes": ctx.settings.get("passes"),
+                "quantization": ctx.settings.get("quantization") if target.precision == "int8" else None,
+                "backend": built.settings,
+                "benchmark": r.benchmark.model_dump(),
+            },
+            "inputs": dict(ctx.inputs),
+            "artifact_sha256": sha256_file(path) if path and path.is_file() else None,
+        },
+    }
+
+
+def evaluate_target(ctx: BuildContext, entry: dict, runner, reference_outputs: list[dict] | None) -> list[dict]:
+    """Accuracy and fidelity of one built target (filled into ``entry``); returns its raw outputs on sample images."""
+    from edgekit.evaluators.detection import evaluate_detector, raw_outputs
+    from edgekit.evaluators.fidelity import summarize_fidelity
+
     r = ctx.recipe
-    path = ctx.artifacts[target.precision]
-    entry: dict = {"name": target.name, "backend": target.backend, "precision": target.precision, "model_path": path.name, "metrics": {}}
-    with _Timer(ctx, f"evaluate {target.name}"):
-        outputs = raw_outputs(runner, _sample_feeds(ctx))
+    with _Timer(ctx, f"evaluate {entry['name']}"):
+        outputs = [ctx.family.join_outputs(o) for o in raw_outputs(runner, _sample_feeds(ctx))]
         entry["fidelity"] = summarize_fidelity(reference_outputs, outputs) if reference_outputs else None
         if r.evaluation:
             ev = r.evaluation
             result = evaluate_detector(
                 runner, ctx.family, ev.dataset.images, ev.dataset.annotations, max_images=ev.max_images,
                 conf=ev.conf_threshold, iou=ev.iou_threshold, max_det=ev.max_detections, progress=progress.track,
-                label=f"evaluate {target.name}",
+                label=f"evaluate {entry['name']}",
             )
             entry["metrics"] = {k: round(float(v), 5) for k, v in result.metrics.items()}
             entry["per_class_ap"] = {k: round(float(v), 5) for k, v in result.per_class_ap.items()}
-    entry.update(
-        batch=r.model.batch,
-        threads=r.benchmark.threads,
-        size_bytes=model_size_bytes(path),
-        manifest={
-            "versions": _versions(),
-            "settings": {
-                "export": ctx.settings.get("export"),
-                "passes": ctx.settings.get("passes"),
-                "quantization": ctx.settings.get("quantization") if target.precision == "int8" else None,
-                "benchmark": r.benchmark.model_dump(),
-            },
-            "inputs": dict(ctx.inputs),
-            "artifact_sha256": sha256_file(path),
-        },
-    )
-    return entry, outputs
+    return outputs
 
 
 def measure_targets(ctx: BuildContext) -> list[dict]:
-    """Evaluate every target, then time them all round-robin in one loop (ratios robust to machine noise)."""
+    """Evaluate every built target, then time them all round-robin in one loop (ratios robust to machine noise)."""
     from edgekit.profiling.latency import measure_latency_interleaved
     from edgekit.profiling.memory import PeakMemory
-    from edgekit.runners import make_runner
 
     r = ctx.recipe
-    targets = sorted(r.targets, key=lambda t: t.precision != "fp32")
+    order = sorted(ctx.builds.values(), key=lambda b: (b.target.precision != "fp32", b.target.backend != "onnxruntime"))
     entries, runners, reference = [], {}, None
     try:
-        for target in targets:
-            with PeakMemory() as memory:
-                runner = make_runner(target.backend, ctx.artifacts[target.precision], threads=r.benchmark.threads)
-                runner.load()
-                entry, outputs = evaluate_target(ctx, target, runner, reference)
-            entry["peak_memory_mb"] = round(memory.peak_mb, 1)
-            reference = outputs if reference is None and target.precision == "fp32" else reference
+        for built in order:
+            entry = _entry(ctx, built)
             entries.append(entry)
-            runners[target.name] = runner
+            if not built.built:
+                continue
+            with PeakMemory() as memory:
+                runner = built.make_runner()
+                runner.load()
+                outputs = evaluate_target(ctx, entry, runner, reference)
+            entry["peak_memory_mb"] = round(memory.peak_mb, 1)
+            reference = outputs if reference is None and built.target.precision == "fp32" else reference
+            runners[entry["name"]] = runner
         feed = {name: np.concatenate([x] * r.model.batch) for name, x in _sample_feeds(ctx, 1)[0].items()}
         with _Timer(ctx, "latency"):
-            stats = measure_latency_interleaved({n: (run, feed) for n, run in runners.items()}, r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress.enabled())
+            stats = measure_latency_interleaved({n: (run, feed) for n, run in runners.items()}, r.benchmark.warmup, r.benchmark.runs, r.model.batch, progress.enabled()) if runners else {}
     finally:
         for runner in runners.values():
             runner.close()
     for entry in entries:
-        s = stats[entry["name"]]
-        entry["latency_ms"] = {k: round(getattr(s, k), 3) for k in ("median", "p90", "p99", "min", "mean")}
-        entry["throughput_per_s"] = round(s.throughput_per_s, 2)
+        if (s := stats.get(entry["name"])) is not None:
+            entry["latency_ms"] = {k: round(getattr(s, k), 3) for k in ("median", "p90", "p99", "min", "mean")}
+            entry["throughput_per_s"] = round(s.throughput_per_s, 2)
     return entries
 
 
@@ -209,9 +255,10 @@ def build_report(ctx: BuildContext, variants: list[dict]):
 
     r = ctx.recipe
     budgets = {k: v.model_dump(exclude_none=True) for k, v in r.budgets.items()}
-    reference = next((v for v in variants if v["precision"] == "fp32"), variants[0])
+    measured = [v for v in variants if v["status"] == "measured"] or variants
+    reference = next((v for v in measured if v["precision"] == "fp32"), measured[0])
     for v in variants:
-        if v is not reference and budgets:
+        if v is not reference and budgets and v["status"] == "measured":
             v["budget"] = [b.model_dump() for b in evaluate_budgets(reference["metrics"], v["metrics"], budgets)]
     return Report(
         edgekit_version=edgekit.__version__,
@@ -230,7 +277,7 @@ def deployment_stage(ctx: BuildContext) -> None:
     from edgekit.models.yolo.nms_graph import append_nms
 
     e = ctx.recipe.export
-    for precision, path in list(ctx.artifacts.items()):
+    for path in list(ctx.artifacts.values()):
         model = append_nms(load_onnx(path), e.nms_conf_threshold, e.nms_iou_threshold, e.nms_max_detections, ctx.family.anchor_based)
         save_onnx(model, path.with_name(path.stem + "_nms.onnx"), {"nms": f"conf {e.nms_conf_threshold}, iou {e.nms_iou_threshold}, max {e.nms_max_detections} per image"})
 
@@ -255,6 +302,7 @@ def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwri
         export_stage(ctx)
         if any(t.precision == "int8" for t in recipe.targets):
             quantize_stage(ctx)
+        build_stage(ctx)
         variants = measure_targets(ctx)
         if recipe.export.nms_in_graph:
             deployment_stage(ctx)

@@ -64,13 +64,50 @@ class QuantizationSpec(_Strict):
     keep_float: KeepFloat = Field(default_factory=KeepFloat)
 
 
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "fp16", "int8"),
+    "tflite": ("fp32", "fp16", "dynamic", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+
+
 class TargetSpec(_Strict):
-    backend: Literal["onnxruntime"]
-    precision: Literal["fp32", "int8"]
+    """One engine to build and measure, written ``backend:precision`` (e.g. ``openvino:int8``) or as a mapping."""
+
+    backend: Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
+    precision: Literal["fp32", "fp16", "bf16", "dynamic", "int8"]
+    accuracy_control: bool = Field(False, description="openvino:int8 only: NNCF quantize_with_accuracy_control held to the mAP50-95 budget")
+
+    @model_validator(mode="after")
+    def _supported(self) -> "TargetSpec":
+        allowed = BACKEND_PRECISIONS[self.backend]
+        if self.precision not in allowed:
+            raise ValueError(f"{self.backend} has no precision {self.precision!r}: use one of {', '.join(allowed)}")
+        if self.accuracy_control and (self.backend, self.precision) != ("openvino", "int8"):
+            raise ValueError("accuracy_control applies to openvino:int8 only")
+        return self
 
     @property
     def name(self) -> str:
-        return f"{self.backend}:{self.precision}"
+        return f"{self.backend}:{self.precision}" + ("+ac" if self.accuracy_control else "")
+
+
+class OpenVinoSpec(_Strict):
+    device: str = Field("CPU", description="OpenVINO device the models are compiled for")
+    preset: Literal["mixed", "performance"] = Field("mixed", description="NNCF preset: mixed = symmetric weights, asymmetric activations")
+    accuracy_control_max_images: int | None = Field(None, ge=1, description="evaluation images NNCF's accuracy control may use (None: all)")
+
+
+class TensorRTSpec(_Strict):
+    """Engine build settings (see edgekit.backends.tensorrt_build.TensorRTBuildConfig)."""
+
+    workspace_mb: int = Field(1024, ge=1)
+    max_batch: int = Field(1, ge=1, description="optimization profile max batch (needs export.dynamic_batch when > 1)")
+    timing_cache: PathText | None = Field(None, description="persisted timing cache file, reused across builds")
+    dla_core: int | None = Field(None, ge=0, description="Jetson DLA core; layers DLA cannot run fall back to the GPU")
+    builder_optimization_level: int | None = Field(None, ge=0, le=5)
+    build: Literal["auto", "never"] = Field("auto", description="auto: build when TensorRT or trtexec exists; never: write the ONNX, config and trtexec command only")
 
 
 class DatasetSpec(_Strict):
@@ -115,6 +152,8 @@ class Recipe(_Strict):
     targets: list[TargetSpec] = Field(min_length=1)
     evaluation: EvaluationSpec | None = None
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    openvino: OpenVinoSpec = Field(default_factory=OpenVinoSpec)
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     budgets: dict[str, Budget] = Field(default_factory=dict, description="metric name -> allowed drop vs FP32")
 
     @field_validator("targets", mode="before")
@@ -138,6 +177,17 @@ class Recipe(_Strict):
     def _int8_needs_quantization(self) -> "Recipe":
         if any(t.precision == "int8" for t in self.targets) and self.quantization is None:
             raise ValueError("an int8 target needs a `quantization:` section")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> "Recipe":
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+        if self.tensorrt.max_batch > 1 and not self.export.dynamic_batch:
+            raise ValueError("tensorrt.max_batch > 1 needs export.dynamic_batch: true")
+        if any(t.accuracy_control for t in self.targets) and (self.evaluation is None or "mAP50-95" not in self.budgets):
+            raise ValueError("accuracy_control needs an evaluation dataset and a mAP50-95 budget (max_drop) to hold")
         return self
 
 

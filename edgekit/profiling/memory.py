@@ -67,9 +67,12 @@ def _external_data_files(path: Path) -> set[Path]:
 
 
 def model_size_bytes(path: str | Path) -> int:
-    """Size of a model file; for ``.onnx`` plus the external-data files it references (each counted once)."""
+    """Size of a model file; for ``.onnx`` plus the external-data files it references (each counted once), for an
+    OpenVINO ``.xml`` plus its ``.bin``."""
     path = Path(path)
     if not path.is_file():
         raise EdgekitError("model file not found", path, "check the path")
     extra = _external_data_files(path) if path.suffix == ".onnx" else set()
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        extra = {path.with_suffix(".bin")}
     return path.stat().st_size + sum(p.stat().st_size for p in extra)

@@ -15,6 +15,14 @@ from edgekit.quantization.qdq import insert_qdq
 from edgekit.quantization.spec import QuantSpec
 
 
+def tensors_for_placements(model: onnx.ModelProto, placements: list[Placement], float_nodes: list[str], float_ops: list[str]) -> list[str]:
+    """Every activation tensor any of ``placements`` quantizes: calibrate these once for all backends of a run."""
+    tensors: set[str] = set()
+    for placement in placements:
+        tensors |= set(tensors_to_quantize(model, quantized_nodes(model, placement, float_nodes, float_ops)))
+    return sorted(tensors)
+
+
 @dataclass
 class PTQResult:
     model: onnx.ModelProto
@@ -35,11 +43,16 @@ def quantize_static(
     threads: int = 2,
     progress: Callable[[str, int], Iterator[int]] | None = None,
     use_cache: bool = True,
+    also_calibrate: list[str] | None = None,
 ) -> PTQResult:
-    """Calibrate ``model`` on ``images`` and return its Q/DQ INT8 version with the spec that describes it."""
+    """Calibrate ``model`` on ``images`` and return its Q/DQ INT8 version with the spec that describes it.
+
+    ``also_calibrate`` adds tensors other placements of the same run need (``tensors_for_placements``), so every
+    backend's spec reads its ranges from one calibration pass (one cache entry).
+    """
     float_nodes, float_ops = list(float_nodes or []), list(float_ops or [])
     nodes = quantized_nodes(model, placement, float_nodes, float_ops)
-    tensors = tensors_to_quantize(model, nodes)
+    tensors = sorted(set(tensors_to_quantize(model, nodes)) | set(also_calibrate or []))
     calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
     spec = build_spec(model, placement, calib.ranges, float_nodes, float_ops, per_channel)
     spec.settings = {

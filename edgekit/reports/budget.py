@@ -79,10 +79,12 @@ def evaluate_budgets(
     return out
 
 
-def check_report(report: Report) -> tuple[bool, list[str]]:
+def check_report(report: Report, require_all: bool = False) -> tuple[bool, list[str]]:
     """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
 
-    Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name.
+    Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name. A target that could not be
+    built here (TensorRT without a GPU) is listed as SKIPPED and does not fail the check; ``require_all`` makes it
+    fail.
     """
     if not report.budgets:
         return True, ["no budgets defined in the report's recipe: nothing to check"]
@@ -93,10 +95,11 @@ def check_report(report: Report) -> tuple[bool, list[str]]:
             f"reference variant '{report.reference}' is not in the report (variants: {names})",
             fix="re-run `edgekit export` with an fp32 target so budgets have a reference",
         )
-    others = [v for v in report.variants if v is not reference]
+    others = [v for v in report.variants if v is not reference and v.status == "measured"]
+    skipped = [f"{v.name}: SKIPPED, not built ({v.not_built_reason})" for v in report.variants if v.status != "measured"]
     if not others:
-        return True, [f"only the reference variant {reference.name} is in the report: nothing to check"]
-    ok, lines = True, []
+        return not (require_all and skipped), [f"only the reference variant {reference.name} is in the report: nothing to check", *skipped]
+    ok, lines = not (require_all and skipped), list(skipped)
     for variant in others:
         for verdict in evaluate_budgets(reference.metrics, variant.metrics, report.budgets):
             ok = ok and verdict.passed

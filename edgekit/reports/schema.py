@@ -44,6 +44,9 @@ class Variant(BaseModel):
     backend: str
     precision: str
     model_path: str
+    status: Literal["measured", "not_built"] = "measured"
+    not_built_reason: str | None = None
+    files: list[str] = Field(default_factory=list, description="every file this target wrote, relative to the run folder")
     metrics: dict[str, float] = Field(default_factory=dict)
     per_class_ap: dict[str, float] = Field(default_factory=dict)
     fidelity: dict[str, float] | None = None

@@ -87,6 +87,26 @@ def _budget_text(budget: dict[str, Any]) -> str:
     return str(budget)
 
 
+def engine_lines(report: Report) -> list[str]:
+    """Per target: its files, how it was built or compiled (read back from the backend), or why it was not built."""
+    lines = []
+    for v in report.variants:
+        backend = (v.manifest.get("settings") or {}).get("backend") or {}
+        lines.append(f"- `{v.name}`: " + ", ".join(f"`{f}`" for f in v.files or [v.model_path]))
+        if v.status != "measured":
+            lines.append(f"  - **not built:** {v.not_built_reason}")
+        if backend.get("compiled"):
+            lines.append("  - compiled: " + ", ".join(f"{k}={val}" for k, val in backend["compiled"].items()))
+        if backend.get("interpreter"):
+            lines.append("  - interpreter: " + ", ".join(f"{k}={val}" for k, val in backend["interpreter"].items()))
+        if backend.get("lint"):
+            lint = backend["lint"]
+            lines.append("  - TensorRT Q/DQ lint: " + ("clean" if lint.get("passed") else f"{len(lint.get('issues', []))} issue(s)"))
+        if backend.get("trtexec"):
+            lines.append(f"  - build: `{backend['trtexec']}`")
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
     ref = report.variant(report.reference)
@@ -118,8 +138,10 @@ def render_markdown(report: Report) -> str:
         lat = v.latency_ms
         row.append(f"{lat.median:.2f} / {lat.p90:.2f}" if lat else "-")
         row.append(f"{ref_median / lat.median:.2f}x" if ref_median and lat and lat.median > 0 else "-")
-        row.append(f"{v.size_bytes / 1e6:.2f}")
-        if v is ref:
+        row.append(f"{v.size_bytes / 1e6:.2f}" if v.size_bytes else "-")
+        if v.status != "measured":
+            row.append("not built (see Engines)")
+        elif v is ref:
             row.append("reference")
         elif not report.budgets or ref is None:
             row.append("-")
@@ -131,7 +153,9 @@ def render_markdown(report: Report) -> str:
     lines += ["## Variants", "", *_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 3) + ["l"]), ""]
 
     if report.budgets and ref is not None:
-        checks = [f"- `{v.name}`: {b.message}" for v in report.variants if v is not ref for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)]
+        checks = [
+            f"- `{v.name}`: {b.message}" for v in report.variants if v is not ref and v.status == "measured" for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)
+        ]
         if checks:
             lines += ["## Budget checks", "", *checks, ""]
 
@@ -141,6 +165,8 @@ def render_markdown(report: Report) -> str:
         for v in report.variants
     ]
     lines += ["## Runtime details", "", *_table(["variant", "throughput/s", "batch", "threads", "peak MB", "p99 ms", "sha256"], detail_rows), ""]
+
+    lines += ["## Engines", "", *engine_lines(report), ""]
 
     fid = [v for v in report.variants if v.fidelity]
     if fid:

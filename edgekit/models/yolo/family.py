@@ -60,10 +60,18 @@ class YoloFamily:
         return {self.input_name: tensor}, box
 
     def postprocess(self, outputs: dict[str, np.ndarray], meta: Letterbox, conf: float = 0.001, iou: float = 0.65, max_det: int = 300) -> Detections:
+        outputs = self.join_outputs(outputs)
         pred = outputs[self.output_name][0] if self.output_name in outputs else next(iter(outputs.values()))[0]
         if not self.anchor_based:
             pred = pred.T
         return postprocess(pred, meta, conf, iou, max_det, has_objectness=self.anchor_based)
+
+    def join_outputs(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The single ``output0`` layout from split ``boxes``/``scores`` outputs (LiteRT keeps them apart so each
+        gets its own int8 scale); other outputs pass through."""
+        if "boxes" not in outputs or "scores" not in outputs:
+            return outputs
+        return {self.output_name: np.concatenate([outputs["boxes"], outputs["scores"]], axis=-1 if self.anchor_based else 1)}
 
     def head_prefix(self) -> str:
         """ONNX node-name prefix of the detection head (module-scoped names from the TorchScript exporter)."""

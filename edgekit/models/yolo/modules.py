@@ -194,7 +194,8 @@ class Detect(nn.Module):
             y = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
             grid, anchor_grid = self._grid(nx, ny, i, y.dtype)
             xy = (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i]
-            wh = (y[..., 2:4] * 2) ** 2 * anchor_grid
+            wh2 = y[..., 2:4] * 2
+            wh = wh2 * wh2 * anchor_grid  # x*x, not x**2: LiteRT cannot legalize a scalar-exponent pow
             outputs.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
         return torch.cat(outputs, 1)
 

@@ -1,0 +1,60 @@
+"""OpenVINO: IR converted from the fused FP32 ONNX; INT8 by NNCF (optionally accuracy-controlled).
+
+Every target is compiled for ``recipe.openvino.device`` with explicit thread, precision and latency hints; the
+values read back from the compiled model go into the report, so it states what actually ran.
+"""
+
+from __future__ import annotations
+
+from edgekit.backends.base import BuildInputs, BuiltTarget
+from edgekit.errors import EdgekitError
+from edgekit.recipe import TargetSpec
+
+# target precision -> (IR file, compress weights to fp16, compile-time INFERENCE_PRECISION_HINT)
+_VARIANTS = {
+    "fp32": ("model_fp32.xml", False, "f32"),
+    "bf16": ("model_fp32.xml", False, "bf16"),
+    "fp16": ("model_fp16.xml", True, "f16"),
+    "int8": ("model_int8.xml", False, "f32"),  # the parts NNCF left float (the decode) run in f32
+}
+
+
+def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
+    from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control, save_ir_atomic
+    from edgekit.runners.openvino import OpenVinoRunner, import_openvino
+
+    ov = import_openvino()
+    r, spec = inputs.recipe, inputs.recipe.openvino
+    name, compress, hint = _VARIANTS[target.precision]
+    folder = inputs.stage / "openvino"
+    folder.mkdir(exist_ok=True)
+    xml = folder / (name.replace("int8", "int8_ac") if target.accuracy_control else name)
+    settings: dict = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
+    if target.precision == "int8":
+        preprocess, float_nodes = inputs.family.preprocess, inputs.float_nodes()
+        settings["nncf"] = {"preset": spec.preset, "calibration_images": len(inputs.calibration_images), "ignored_onnx_nodes": len(float_nodes)}
+        if target.accuracy_control:
+            ev = r.evaluation
+            max_drop = r.budgets["mAP50-95"].max_drop
+            if max_drop is None:
+                raise EdgekitError("accuracy_control needs budgets.mAP50-95.max_drop (absolute)", fix="set budgets: {mAP50-95: {max_drop: 0.005}}")
+            quantize_openvino_with_accuracy_control(
+                inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, inputs.family,
+                ev.dataset.images, ev.dataset.annotations, max_drop=max_drop, max_eval_images=spec.accuracy_control_max_images, preset=spec.preset,
+            )
+            settings["nncf"]["accuracy_control"] = {"metric": "mAP50-95", "max_drop": max_drop, "max_images": spec.accuracy_control_max_images}
+        else:
+            quantize_openvino(inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, preset=spec.preset)
+    elif not xml.is_file():
+        save_ir_atomic(ov.convert_model(str(inputs.fp32_onnx)), xml, compress_to_fp16=compress)
+    threads = r.benchmark.threads
+
+    def make_runner() -> OpenVinoRunner:
+        return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
+
+    with make_runner() as runner:
+        settings["compiled"] = runner.settings
+    notes = []
+    if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
+        notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
+    return BuiltTarget(target, xml, make_runner, files=[xml, xml.with_suffix(".bin")], settings=settings, notes=notes)

@@ -1,0 +1,101 @@
+"""TensorRT: the ONNX handed to TensorRT, its lint, build config and ``trtexec`` command; the engine when possible.
+
+``int8`` is explicit quantization: the shared calibration ranges (the same cache as ORT's, computed once) placed
+under ``TENSORRT_PLACEMENT`` (symmetric int8, zero-point 0, per-channel weights on the output axis, float bias),
+linted against TensorRT's rules, built as a strongly typed network. ``fp16``/``fp32`` build from the FP32 ONNX.
+
+Where neither the ``tensorrt`` module nor ``trtexec`` exists (no NVIDIA GPU), or ``tensorrt.build: never``, the
+target is reported as not built; its ONNX, ``build_<precision>.json`` and trtexec command are still written, so
+the same folder can be copied to a Jetson and built there.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from edgekit.artifacts import sha256_file, write_json_atomic
+from edgekit.backends.base import BuildInputs, BuiltTarget
+from edgekit.backends.tensorrt_build import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, manifest_path, onnx_input_shapes, trtexec_command
+from edgekit.errors import EdgekitError
+from edgekit.onnx_io import load_onnx, save_onnx
+from edgekit.recipe import Recipe, TargetSpec
+
+
+def build_config(recipe: Recipe, precision: str) -> TensorRTBuildConfig:
+    """The engine build settings a recipe asks for."""
+    t = recipe.tensorrt
+    batch = DynamicBatch(min=1, opt=min(recipe.model.batch, t.max_batch), max=t.max_batch) if recipe.export.dynamic_batch else None
+    return TensorRTBuildConfig(
+        precision=precision,
+        workspace_mb=t.workspace_mb,
+        dynamic_batch=batch,
+        timing_cache=Path(t.timing_cache) if t.timing_cache else None,
+        dla_core=t.dla_core,
+        gpu_fallback=t.dla_core is not None,
+        builder_optimization_level=t.builder_optimization_level,
+    )
+
+
+def tensorrt_available() -> str | None:
+    """How engines can be built here (``tensorrt-python`` or ``trtexec``), or ``None``."""
+    try:
+        import tensorrt  # noqa: F401
+
+        return "tensorrt-python"
+    except ImportError:
+        return "trtexec" if shutil.which("trtexec") else None
+
+
+def quantized_onnx(inputs: BuildInputs, out: Path) -> tuple[Path, list[str]]:
+    """Write the TensorRT-placed Q/DQ ONNX and return it with its lint issues (empty when clean)."""
+    from edgekit.backends.tensorrt_qdq import lint_qdq_for_tensorrt, quantize_for_tensorrt
+
+    q = inputs.recipe.quantization
+    result = quantize_for_tensorrt(
+        load_onnx(inputs.fp32_onnx), inputs.calibration_images, lambda p: inputs.family.preprocess(p)[0],
+        method=q.method, percentile=q.percentile, per_channel=q.per_channel, float_nodes=inputs.float_nodes(),
+        float_ops=q.keep_float.op_types, threads=inputs.recipe.benchmark.threads, progress=inputs.progress,
+        also_calibrate=inputs.calibrated_tensors,
+    )
+    save_onnx(result.model, out, {"precision": "int8", "placement": "tensorrt"})
+    write_json_atomic(out.with_name("quant_spec_tensorrt.json"), result.spec.to_dict())
+    return out, [str(i) for i in lint_qdq_for_tensorrt(result.model)]
+
+
+def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
+    from edgekit.runners.tensorrt import TensorRTRunner
+
+    folder = inputs.stage / "tensorrt"
+    folder.mkdir(exist_ok=True)
+    precision = target.precision
+    settings: dict = {}
+    files: list[Path] = []
+    if precision == "int8":
+        onnx_path, issues = quantized_onnx(inputs, folder / "model_int8_qdq.onnx")
+        files += [onnx_path, folder / "quant_spec_tensorrt.json"]
+        settings["lint"] = {"issues": issues, "passed": not issues}
+        if issues:
+            raise EdgekitError(f"the TensorRT Q/DQ model breaks {len(issues)} explicit-quantization rule(s), first: {issues[0]}", onnx_path, "report this: edgekit's TensorRT placement should always lint clean")
+    else:
+        onnx_path = folder / "model_fp32.onnx"
+        if not onnx_path.is_file():
+            shutil.copyfile(inputs.fp32_onnx, onnx_path)
+        files.append(onnx_path)
+    config = build_config(inputs.recipe, precision)
+    engine = folder / f"model_{precision}.engine"
+    rel_onnx, rel_engine = Path("tensorrt") / onnx_path.name, Path("tensorrt") / engine.name  # run from the output folder
+    command = trtexec_command(rel_onnx, rel_engine, config, onnx_input_shapes(onnx_path))
+    settings.update(config=config.model_dump(mode="json"), trtexec=shlex.join(command), onnx_sha256=sha256_file(onnx_path))
+    plan = folder / f"build_{precision}.json"
+    write_json_atomic(plan, {"target": target.name, "onnx": str(rel_onnx), "engine": str(rel_engine), **settings})
+    files.append(plan)
+    how = tensorrt_available()
+    reason = "tensorrt.build is 'never'" if inputs.recipe.tensorrt.build == "never" else None if how else TENSORRT_MISSING
+    if reason:
+        return BuiltTarget(target, onnx_path, None, files=files, settings=settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below")
+    build_engine(onnx_path, engine, config)
+    files += [engine, manifest_path(engine)]
+    settings["builder"] = how
+    return BuiltTarget(target, engine, lambda: TensorRTRunner(engine), files=files, settings=settings)
