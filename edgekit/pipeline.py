@@ -221,7 +221,9 @@ def measure_targets(ctx: BuildContext) -> list[dict]:
     from edgekit.profiling.memory import PeakMemory
 
     r = ctx.recipe
-    order = sorted(ctx.builds.values(), key=lambda b: (b.target.precision != "fp32", b.target.backend != "onnxruntime"))
+    builds = list(ctx.builds.values())  # recipe order, the reference (ORT fp32, else the first fp32) first
+    first = min(builds, key=lambda b: (b.target.precision != "fp32", b.target.backend != "onnxruntime", not b.built))
+    order = [first] + [b for b in builds if b is not first]
     entries, runners, reference = [], {}, None
     try:
         for built in order:

@@ -59,12 +59,13 @@ def convert_fp32(torch_model, input_size: int, batch: int, anchor_based: bool, o
     import torch
 
     litert_torch = _import("litert_torch")
-    wrapped = litert_torch.to_channel_last_io(SplitDetections(torch_model, -1 if anchor_based else 1), args=[0])
+    wrapped = litert_torch.to_channel_last_io(SplitDetections(torch_model, -1 if anchor_based else 1), args=[0]).eval()
     try:
-        edge_model = litert_torch.convert(wrapped, (torch.zeros(batch, input_size, input_size, 3),))
+        with _quiet_unless_interactive():
+            edge_model = litert_torch.convert(wrapped, (torch.zeros(batch, input_size, input_size, 3),))
     except Exception as exc:
         raise EdgekitError(f"litert-torch cannot convert this model ({str(exc).splitlines()[0][:200]})", fix="report the failing op; fp32/int8 ONNX targets still work") from exc
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, _quiet_unless_interactive():
         edge_model.export(str(tmp))
     return out_path
 
@@ -133,7 +134,12 @@ def _quiet_unless_interactive():
 
     from edgekit import progress
 
-    return contextlib.nullcontext() if progress.enabled() else contextlib.redirect_stderr(io.StringIO())
+    if progress.enabled():
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    return stack
 
 
 def _input_arg(fp32_path: Path) -> str:

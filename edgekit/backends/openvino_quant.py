@@ -36,7 +36,10 @@ def _import_nncf():
     try:
         import nncf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise EdgekitError("nncf is not installed", fix='pip install -e ".[openvino,peers]"') from exc
+        raise EdgekitError("nncf is not installed", fix='pip install -e ".[openvino]"') from exc
+    import logging
+
+    nncf.set_log_level(logging.WARNING)  # one INFO line per ignored op otherwise
     return nncf
 
 

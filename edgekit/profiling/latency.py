@@ -65,11 +65,14 @@ def measure_latency(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 1
 
 
 def measure_latency_interleaved(
-    cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False
+    cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False, settle: int = 1
 ) -> dict[str, LatencyStats]:
-    """Time several runners round-robin (one call each per round, order rotated), so machine noise hits all alike.
+    """Time several runners round-robin (one timed call each per round, order rotated), so machine noise hits all
+    alike. Ratios between variants are only meaningful when measured this way on a shared or throttled machine.
 
-    Ratios between variants are only meaningful when measured this way on a shared or throttled machine.
+    Each timed call follows ``settle`` untimed calls of the same runner: a runtime's first call after another
+    runtime ran pays for waking its thread pool (measured: OpenVINO 51 ms instead of 31 ms after ONNX Runtime),
+    which steady-state serving never pays.
     """
     from edgekit.progress import track
 
@@ -84,6 +87,8 @@ def measure_latency_interleaved(
         shift = round_index % len(names)  # rotate the order so no variant always runs right after another
         for name in names[shift:] + names[:shift]:
             runner, feed = cases[name]
+            for _ in range(settle if len(names) > 1 else 0):
+                runner.infer(feed)
             start = time.perf_counter()
             runner.infer(feed)
             times[name].append((time.perf_counter() - start) * 1000.0)
