@@ -45,6 +45,7 @@ class BuildContext:
     torch_model: object = None  # BN-fused FP32 module (LiteRT converts from PyTorch)
     calibration: list[Path] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)  # one calibration pass covers every placement
+    ranges: dict = field(default_factory=dict)  # tensor -> Range from that pass
     builds: dict = field(default_factory=dict)  # target name -> edgekit.backends.BuiltTarget
 
 
@@ -140,6 +141,9 @@ def quantize_stage(ctx: BuildContext) -> None:
         save_onnx(result.model, ctx.stage / INT8, {"edgekit_version": edgekit.__version__, "precision": "int8", "quantization": json.dumps(settings, sort_keys=True)})
         write_json_atomic(ctx.stage / "quant_spec.json", result.spec.to_dict())
         ctx.settings["quantization"] = {**q.model_dump(), **settings, "from_cache": result.calibration.from_cache}
+        # the ranges of the tensors the shared spec quantizes (not those it only observed, e.g. head conv outputs
+        # that feed the float decode: a clipped range there would clip box logits)
+        ctx.ranges = {t: rng for t, rng in result.calibration.ranges.items() if t in result.spec.activations}
     ctx.artifacts["int8"] = ctx.stage / INT8
 
 
@@ -150,7 +154,7 @@ def build_stage(ctx: BuildContext) -> None:
     inputs = BuildInputs(
         recipe=ctx.recipe, stage=ctx.stage, family=ctx.family, fp32_onnx=ctx.artifacts["fp32"], torch_model=ctx.torch_model,
         int8_onnx=ctx.artifacts.get("int8"), quant_settings=ctx.settings.get("quantization"), calibration_images=ctx.calibration,
-        calibrated_tensors=ctx.calibrated_tensors, progress=progress.track,
+        calibrated_tensors=ctx.calibrated_tensors, ranges=ctx.ranges, progress=progress.track,
     )
     for target in ctx.recipe.targets:
         with _Timer(ctx, f"build {target.name}"):

@@ -99,6 +99,14 @@ class OpenVinoSpec(_Strict):
     accuracy_control_max_images: int | None = Field(None, ge=1, description="evaluation images NNCF's accuracy control may use (None: all)")
 
 
+class TFLiteSpec(_Strict):
+    ranges: Literal["litert", "shared"] = Field(
+        "litert",
+        description="tflite:int8 activation ranges: ai-edge-quantizer's moving-average MinMax (litert), or the run's shared "
+        "calibration ranges matched onto the TFLite tensors (shared); litert measured better on YOLOv5n",
+    )
+
+
 class TensorRTSpec(_Strict):
     """Engine build settings (see edgekit.backends.tensorrt_build.TensorRTBuildConfig)."""
 
@@ -153,6 +161,7 @@ class Recipe(_Strict):
     evaluation: EvaluationSpec | None = None
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     openvino: OpenVinoSpec = Field(default_factory=OpenVinoSpec)
+    tflite: TFLiteSpec = Field(default_factory=TFLiteSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     budgets: dict[str, Budget] = Field(default_factory=dict, description="metric name -> allowed drop vs FP32")
 

@@ -138,6 +138,23 @@ def test_litert_fp32_matches_onnxruntime_on_real_images(tflite_fp32, fp32_onnx, 
             assert np.abs(got[..., :4] - want[..., :4]).max() < 0.05  # pixels (0-640)
 
 
+def test_shared_ranges_map_onto_tflite_tensors(tflite_fp32, fp32_onnx, yolo, calib_images):
+    from edgekit.backends.litert_ranges import apply_shared_ranges, match_tensors
+    from edgekit.quantization.calibration import collect_ranges
+    from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes, tensors_to_quantize
+
+    family, _ = yolo
+    model = onnx.load(str(fp32_onnx))
+    tensors = tensors_to_quantize(model, quantized_nodes(model, ORT_PLACEMENT, family.float_nodes(model), []))
+    ranges = collect_ranges(model, tensors, calib_images[:4], lambda p: family.preprocess(p)[0], "minmax", use_cache=False).ranges
+    matches = match_tensors(tflite_fp32, model, tensors, family.preprocess(calib_images[0])[0])
+    assert len(set(matches.values())) >= 0.8 * len(tensors)  # measured: 197 TFLite tensors for 186 ONNX ones
+    qsvs = {t: {"min": np.zeros(1, np.float32), "max": np.ones(1, np.float32)} for t in matches}
+    assert apply_shared_ranges(qsvs, matches, ranges) == len(matches)
+    for tname, oname in matches.items():
+        assert qsvs[tname]["min"][0] == np.float32(ranges[oname].low) and qsvs[tname]["max"][0] == np.float32(ranges[oname].high)
+
+
 def test_litert_runner_errors_name_the_file(tmp_path):
     from edgekit.runners.litert import LiteRTRunner
 

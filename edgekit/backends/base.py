@@ -29,6 +29,7 @@ class BuildInputs:
     quant_settings: dict[str, Any] | None = None
     calibration_images: list[Path] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)  # the shared calibration pass covers these tensors
+    ranges: dict[str, Any] = field(default_factory=dict)  # ONNX tensor -> shared calibrated Range
     progress: Callable | None = None
 
     def float_nodes(self) -> list[str]:

@@ -65,14 +65,15 @@ def measure_latency(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 1
 
 
 def measure_latency_interleaved(
-    cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False, settle: int = 1
+    cases: dict[str, tuple[Runner, dict[str, np.ndarray]]], warmup: int = 10, runs: int = 50, batch: int = 1, progress: bool = False, settle: int = 3
 ) -> dict[str, LatencyStats]:
     """Time several runners round-robin (one timed call each per round, order rotated), so machine noise hits all
     alike. Ratios between variants are only meaningful when measured this way on a shared or throttled machine.
 
-    Each timed call follows ``settle`` untimed calls of the same runner: a runtime's first call after another
-    runtime ran pays for waking its thread pool (measured: OpenVINO 51 ms instead of 31 ms after ONNX Runtime),
-    which steady-state serving never pays.
+    Each timed call follows ``settle`` untimed calls of the same runner: a runtime's first calls after another
+    runtime ran pay for waking its thread pool while the other's threads still spin (measured here: OpenVINO 51 ms
+    instead of 31 ms right after ONNX Runtime; ORT INT8 32 ms instead of 22 ms with one settling call among
+    OpenVINO and LiteRT, 22 ms with three), a cost steady-state serving never pays.
     """
     from edgekit.progress import track
 

@@ -69,7 +69,7 @@ class CalibrationResult:
     from_cache: bool
 
 
-def _observe_model(model: onnx.ModelProto, tensors: list[str]) -> bytes:
+def observe_model(model: onnx.ModelProto, tensors: list[str]) -> bytes:
     """The model with every observed tensor exposed as an extra output."""
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
@@ -108,7 +108,7 @@ def collect_ranges(
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(_observe_model(model, tensors), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(observe_model(model, tensors), options, providers=["CPUExecutionProvider"])
     wanted = list(tensors)
     steps = progress or (lambda _label, n: iter(range(n)))
 
