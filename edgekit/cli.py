@@ -50,24 +50,25 @@ def _print_variants(report) -> None:
 
 @app.command("eval")
 def eval_(
-    model: Annotated[Path, typer.Argument(help="ONNX detector (edgekit/Ultralytics output layout)")],
+    model: Annotated[Path, typer.Argument(help="YOLO detector: .onnx, OpenVINO .xml, .tflite (edgekit/Ultralytics output layout)")],
     images: Annotated[Optional[Path], typer.Option(help="image folder (default: the COCO subset in EDGEKIT_ASSETS)")] = None,
     annotations: Annotated[Optional[Path], typer.Option(help="COCO instances JSON")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="input side; default: from the model")] = None,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     max_images: Annotated[Optional[int], typer.Option(help="evaluate the first N images only")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime, openvino, tflite or tensorrt (default: from the file suffix)")] = None,
 ) -> None:
-    """COCO mAP50-95 / mAP50 of an ONNX YOLO model with ONNX Runtime."""
+    """COCO mAP50-95 / mAP50 of a YOLO model on any backend."""
     from edgekit import progress
     from edgekit.assets import assets_dir
     from edgekit.evaluators.detection import evaluate_detector
     from edgekit.models.yolo.family import YoloFamily
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.runners import runner_for_file
 
     coco = assets_dir() / "coco_val2017_subset"
     images = images or coco / "images"
     annotations = annotations or coco / "annotations" / "instances_val2017_subset.json"
-    with OnnxRuntimeRunner(model, threads=threads) as runner:
+    with runner_for_file(model, backend, threads) as runner:
         family = YoloFamily.from_runner_metadata(runner.inputs, runner.outputs, input_size)
         result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track)
     table = Table(title=f"COCO accuracy: {model.name} ({result.num_images} images)")
@@ -80,29 +81,30 @@ def eval_(
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    model: Annotated[Path, typer.Argument(help="model file: .onnx, OpenVINO .xml, .tflite, TensorRT .engine")],
     runs: Annotated[int, typer.Option(help="timed runs")] = 50,
     warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 10,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     batch: Annotated[int, typer.Option(help="batch size for dynamic-batch models")] = 1,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime, openvino, tflite or tensorrt (default: from the file suffix)")] = None,
 ) -> None:
-    """Latency (median/p90/p99/min), throughput, size and peak memory on ONNX Runtime, with the device fingerprint."""
+    """Latency (median/p90/p99/min), throughput, size and peak memory on any backend, with the device fingerprint."""
     import numpy as np
 
     from edgekit.profiling.device import device_fingerprint
     from edgekit.profiling.latency import measure_latency
     from edgekit.profiling.memory import PeakMemory, model_size_bytes
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.runners import runner_for_file
 
     rng = np.random.default_rng(0)
-    with PeakMemory() as memory, OnnxRuntimeRunner(model, threads=threads) as runner:
+    with PeakMemory() as memory, runner_for_file(model, backend, threads) as runner:
         feed = {}
         for meta in runner.inputs:
             shape = [batch if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1) for i, d in enumerate(meta.shape)]
             feed[meta.name] = rng.random(shape).astype(meta.dtype) if meta.dtype.kind == "f" else np.zeros(shape, meta.dtype)
         stats = measure_latency(runner, feed, warmup, runs, batch, progress=True)
     device = device_fingerprint()
-    table = Table(title=f"{model.name}: {device.get('cpu_model', '?')}, {threads} threads, batch {batch}")
+    table = Table(title=f"{model.name} on {runner.backend}: {device.get('cpu_model', '?')}, {threads} threads, batch {batch}")
     for col in ("median ms", "p90 ms", "p99 ms", "min ms", "throughput/s", "size MB", "peak MB"):
         table.add_column(col)
     table.add_row(f"{stats.median:.2f}", f"{stats.p90:.2f}", f"{stats.p99:.2f}", f"{stats.min:.2f}", f"{stats.throughput_per_s:.1f}", f"{model_size_bytes(model) / 1e6:.2f}", f"{memory.peak_mb:.0f}")
