@@ -156,12 +156,15 @@ def build_stage(ctx: BuildContext) -> None:
         int8_onnx=ctx.artifacts.get("int8"), quant_settings=ctx.settings.get("quantization"), calibration_images=ctx.calibration,
         calibrated_tensors=ctx.calibrated_tensors, ranges=ctx.ranges, progress=progress.track,
     )
-    for target in ctx.recipe.targets:
+    # LiteRT last: litert-torch loads JAX, whose threads make any later fork unsafe (OpenVINO/NNCF tooling forks)
+    builds = {}
+    for target in sorted(ctx.recipe.targets, key=lambda t: t.backend == "tflite"):
         with _Timer(ctx, f"build {target.name}"):
             built = BUILDERS[target.backend](inputs, target)
         if not built.built:
             progress.log(f"[yellow]{target.name} not built:[/] {built.not_built}")
-        ctx.builds[target.name] = built
+        builds[target.name] = built
+    ctx.builds = {t.name: builds[t.name] for t in ctx.recipe.targets}  # report in recipe order
 
 
 def _entry(ctx: BuildContext, built) -> dict:

@@ -21,9 +21,8 @@ _VARIANTS = {
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control, save_ir_atomic
-    from edgekit.runners.openvino import OpenVinoRunner, import_openvino
+    from edgekit.runners.openvino import OpenVinoRunner, read_model
 
-    ov = import_openvino()
     r, spec = inputs.recipe, inputs.recipe.openvino
     name, compress, hint = _VARIANTS[target.precision]
     folder = inputs.stage / "openvino"
@@ -46,7 +45,7 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
         else:
             quantize_openvino(inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, preset=spec.preset)
     elif not xml.is_file():
-        save_ir_atomic(ov.convert_model(str(inputs.fp32_onnx)), xml, compress_to_fp16=compress)
+        save_ir_atomic(read_model(inputs.fp32_onnx), xml, compress_to_fp16=compress)
     threads = r.benchmark.threads
 
     def make_runner() -> OpenVinoRunner:

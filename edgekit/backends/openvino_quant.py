@@ -1,6 +1,7 @@
 """INT8 OpenVINO IR with NNCF: convert the FP32 ONNX model, quantize it with the family's float nodes ignored, save.
 
-How ONNX node names survive ``openvino.convert_model`` (checked on YOLOv5n, OpenVINO 2026.4):
+How ONNX node names survive reading the ONNX model into OpenVINO (``Core.read_model``, the same ONNX frontend
+as ``openvino.convert_model`` without its telemetry, which forks a process; checked on YOLOv5n, OpenVINO 2026.4):
 
 * a 1:1 op keeps the ONNX node name as its friendly name (``/model.24/Sigmoid`` -> ``Sigmoid`` op
   ``/model.24/Sigmoid``); its output tensor keeps the ONNX tensor name (``/model.24/Sigmoid_output_0``);
@@ -95,15 +96,13 @@ def save_ir_atomic(ov_model, out_xml: str | Path, compress_to_fp16: bool = False
 
 
 def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset: str):
-    ov = import_openvino()
     nncf = _import_nncf()
     import onnx
 
     fp32_onnx = Path(fp32_onnx)
     if not images:
         raise EdgekitError("no calibration images", fix="pass at least one calibration image")
-    read_model(fp32_onnx)  # one-line error for a missing/corrupt model
-    ov_model = ov.convert_model(str(fp32_onnx))
+    ov_model = read_model(fp32_onnx)  # one-line error for a missing/corrupt model
     names = openvino_ignored_names(ov_model, onnx.load(str(fp32_onnx), load_external_data=False), float_nodes)
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
