@@ -84,3 +84,119 @@ def nncf_onnx(fp32: Path, out: Path, images: list[Path], preprocess: Preprocess,
     )
     onnx.save(quantized, str(out))
     return out
+
+
+# ------------------------------------------------------------------ OpenVINO and LiteRT: the Ultralytics export routes
+
+
+def openvino_ultralytics(fp32: Path, out_xml: Path, images: list[Path], preprocess: Preprocess, head_prefix: str = "/model.24/") -> Path:
+    """Ultralytics' ``format=openvino int8=True`` recipe on edgekit's FP32 model: ``nncf.quantize``, MIXED preset,
+    every calibration image, ignoring every Sigmoid in the model and every op of the Detect head (its convolutions
+    and decode), as ``ultralytics/utils/export/openvino.py`` (8.4) does on its own traced model."""
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    from edgekit.backends.openvino_quant import save_ir_atomic
+
+    nncf.set_log_level(logging.WARNING)
+    model = ov.convert_model(str(fp32))
+    ops = [o for o in model.get_ordered_ops() if o.get_type_name() not in ("Parameter", "Result", "Constant")]
+    names = {o.get_friendly_name() for o in ops if o.get_type_name() == "Sigmoid" or o.get_friendly_name().startswith(head_prefix)}
+    # the op producing the graph output is renamed after it; keep it with the head it belongs to
+    names |= {o.get_friendly_name() for o in ops if any(head_prefix.strip("/") in n for out in o.outputs() for n in out.get_names())}
+    quantized = nncf.quantize(
+        model, nncf.Dataset(list(images), preprocess), preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
+        ignored_scope=nncf.IgnoredScope(names=sorted(names), validate=False),
+    )
+    return save_ir_atomic(quantized, out_xml)
+
+
+def litert_ultralytics(torch_model, out: Path, images: list[Path], preprocess: Preprocess, input_size: int, normalize_in_head: bool = False) -> Path:
+    """Ultralytics' ``format=litert quantize=8`` route (``ultralytics/utils/export/litert.py``, 8.4): box
+    coordinates divided by the input size so boxes and scores share one int8 scale, litert-torch conversion, then
+    ai-edge-quantizer ``static_wi8_ai8`` on the whole graph (decode included) with float graph input/output,
+    calibrated on ``images``. NHWC input as edgekit's. Run it through ``NormalizedBoxesRunner``.
+
+    As written for Ultralytics' anchor-free heads, the division comes after the model. YOLOv5's anchor head already
+    concatenates pixels and probabilities per level inside the decode, so ``normalize_in_head=True`` moves the
+    division into the decode (before any concat): the route's intent, applied where it works for this head."""
+    import copy
+    import types
+
+    import torch
+    import litert_torch
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    model = copy.deepcopy(torch_model).eval()
+    if normalize_in_head:
+        head = model.model[-1]
+        head.forward = types.MethodType(_normalized_v5_decode(input_size), head)
+
+    class NormalizeCoords(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            y = self.model(x)
+            return y if normalize_in_head else torch.cat([y[..., :4] / input_size, y[..., 4:]], -1)
+
+    wrapped = litert_torch.to_channel_last_io(NormalizeCoords().eval(), args=[0]).eval()
+    fp32 = out.with_name(out.stem + "_fp32.tflite")
+    litert_torch.convert(wrapped, (torch.zeros(1, input_size, input_size, 3),)).export(str(fp32))
+    qt = quantizer.Quantizer(str(fp32))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        qt.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+    samples = [{"args_0": np.ascontiguousarray(next(iter(preprocess(p).values())).transpose(0, 2, 3, 1))} for p in images]
+    result = qt.calibrate({"serving_default": samples})
+    qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
+    return out
+
+
+def _normalized_v5_decode(input_size: int):
+    """YOLOv5 Detect.forward with xy and wh divided by the input size before the per-level concat."""
+    import torch
+
+    def forward(self, xs):
+        outputs = []
+        for i in range(self.nl):
+            x = self.m[i](xs[i])
+            bs, _, ny, nx = x.shape
+            y = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
+            grid, anchor_grid = self._grid(nx, ny, i, y.dtype)
+            xy = (y[..., 0:2] * 2 - 0.5 + grid) * (self.stride[i] / input_size)
+            wh2 = y[..., 2:4] * 2
+            wh = wh2 * wh2 * (anchor_grid / input_size)
+            outputs.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
+        return torch.cat(outputs, 1)
+
+    return forward
+
+
+class NormalizedBoxesRunner:
+    """Wraps a runner whose boxes are divided by the input size (the Ultralytics LiteRT layout) back to pixels."""
+
+    def __init__(self, runner, input_size: int) -> None:
+        self.runner, self.input_size = runner, input_size
+        self.backend = runner.backend
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __enter__(self):
+        self.runner.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.runner.close()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, y in self.runner.infer(feed).items():
+            y = y.copy()
+            y[..., :4] *= self.input_size
+            out[name] = y
+        return out

@@ -174,7 +174,7 @@ def _entry(ctx: BuildContext, built) -> dict:
     r, target = ctx.recipe, built.target
     path = built.path
     return {
-        "name": target.name,
+        "name": built.name,
         "backend": target.backend,
         "precision": target.precision,
         "model_path": str(path.relative_to(ctx.stage)) if path else "",

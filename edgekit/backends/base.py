@@ -54,6 +54,11 @@ class BuiltTarget:
     settings: dict[str, Any] = field(default_factory=dict)  # backend build/compile settings for the manifest
     not_built: str | None = None  # why there is nothing to measure
     notes: list[str] = field(default_factory=list)
+    label: str | None = None  # report name when not ``target.name`` (benchmarks list peers this way)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.target.name
 
     @property
     def built(self) -> bool:

@@ -15,23 +15,39 @@ _VARIANTS = {
     "fp32": ("model_fp32.xml", False, "f32"),
     "bf16": ("model_fp32.xml", False, "bf16"),
     "fp16": ("model_fp16.xml", True, "f16"),
-    "int8": ("model_int8.xml", False, "f32"),  # the parts NNCF left float (the decode) run in f32
+    "int8": ("model_int8.xml", False, None),  # float parts (the head) run in the device's default precision
 }
+
+
+def _float_nodes(inputs: BuildInputs) -> list[str]:
+    """NNCF's ignored scope: the whole detection head (its 1x1 convolutions too, as Ultralytics' OpenVINO export
+    does) plus the recipe's own nodes. Measured on YOLOv5n (158 images): head float +0.09 pt at 15.5 ms; decode
+    only float -0.22 pt at 15.2 ms; Ultralytics' scope +0.08 pt at 15.6 ms (ORT FP32 27 ms, interleaved)."""
+    q = inputs.recipe.quantization
+    if q is None or not q.keep_float.head:
+        return inputs.float_nodes()
+    import onnx
+
+    model = onnx.load(str(inputs.fp32_onnx), load_external_data=False)
+    return inputs.family.head_nodes(model) + list(q.keep_float.nodes)
 
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control, save_ir_atomic
-    from edgekit.runners.openvino import OpenVinoRunner, read_model
+    from edgekit.runners.openvino import OpenVinoRunner, import_openvino, read_model
 
     r, spec = inputs.recipe, inputs.recipe.openvino
     name, compress, hint = _VARIANTS[target.precision]
     folder = inputs.stage / "openvino"
     folder.mkdir(exist_ok=True)
     xml = folder / (name.replace("int8", "int8_ac") if target.accuracy_control else name)
-    settings: dict = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
+    settings: dict = {"device": spec.device, "precision_hint": hint or "device default", "ir": xml.name}
     if target.precision == "int8":
-        preprocess, float_nodes = inputs.family.preprocess, inputs.float_nodes()
-        settings["nncf"] = {"preset": spec.preset, "calibration_images": len(inputs.calibration_images), "ignored_onnx_nodes": len(float_nodes)}
+        preprocess, float_nodes = inputs.family.preprocess, _float_nodes(inputs)
+        settings["nncf"] = {
+            "preset": spec.preset, "fast_bias_correction": False, "calibration_images": len(inputs.calibration_images),
+            "ignored_onnx_nodes": len(float_nodes), "head": "float (convolutions and decode)" if r.quantization.keep_float.head else "quantized",
+        }
         if target.accuracy_control:
             ev = r.evaluation
             max_drop = r.budgets["mAP50-95"].max_drop
@@ -45,7 +61,8 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
         else:
             quantize_openvino(inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, preset=spec.preset)
     elif not xml.is_file():
-        save_ir_atomic(read_model(inputs.fp32_onnx), xml, compress_to_fp16=compress)
+        read_model(inputs.fp32_onnx)  # one-line error for a missing/corrupt model
+        save_ir_atomic(import_openvino().convert_model(str(inputs.fp32_onnx)), xml, compress_to_fp16=compress)
     threads = r.benchmark.threads
 
     def make_runner() -> OpenVinoRunner:
@@ -54,6 +71,6 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     with make_runner() as runner:
         settings["compiled"] = runner.settings
     notes = []
-    if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
+    if hint is not None and settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
         notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
     return BuiltTarget(target, xml, make_runner, files=[xml, xml.with_suffix(".bin")], settings=settings, notes=notes)

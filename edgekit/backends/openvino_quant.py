@@ -1,7 +1,6 @@
 """INT8 OpenVINO IR with NNCF: convert the FP32 ONNX model, quantize it with the family's float nodes ignored, save.
 
-How ONNX node names survive reading the ONNX model into OpenVINO (``Core.read_model``, the same ONNX frontend
-as ``openvino.convert_model`` without its telemetry, which forks a process; checked on YOLOv5n, OpenVINO 2026.4):
+How ONNX node names survive ``openvino.convert_model`` (checked on YOLOv5n, OpenVINO 2026.4):
 
 * a 1:1 op keeps the ONNX node name as its friendly name (``/model.24/Sigmoid`` -> ``Sigmoid`` op
   ``/model.24/Sigmoid``); its output tensor keeps the ONNX tensor name (``/model.24/Sigmoid_output_0``);
@@ -56,7 +55,7 @@ def openvino_ignored_names(ov_model, onnx_model, float_nodes: Iterable[str]) -> 
             continue
         name = op.get_friendly_name()
         tensor_names = {t for out in op.outputs() for t in out.get_names()}
-        if name in float_nodes or tensor_names & float_tensors:
+        if name in float_nodes or name.rsplit("/", 1)[0] in float_nodes or tensor_names & float_tensors:  # Conv -> <name>/WithoutBiases + Add <name>
             ignored.add(name)
             continue
         if name in onnx_names or tensor_names & onnx_tensors:
@@ -95,14 +94,17 @@ def save_ir_atomic(ov_model, out_xml: str | Path, compress_to_fp16: bool = False
     return out_xml
 
 
-def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset: str):
+def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset: str):  # noqa: ARG001 (images: API symmetry)
     nncf = _import_nncf()
     import onnx
 
     fp32_onnx = Path(fp32_onnx)
     if not images:
         raise EdgekitError("no calibration images", fix="pass at least one calibration image")
-    ov_model = read_model(fp32_onnx)  # one-line error for a missing/corrupt model
+    read_model(fp32_onnx)  # one-line error for a missing/corrupt model
+    # convert_model, not read_model: its conversion passes give a smaller IR and a faster INT8 model (measured
+    # 0.56x vs 0.76x of ORT FP32 latency on YOLOv5n)
+    ov_model = import_openvino().convert_model(str(fp32_onnx))
     names = openvino_ignored_names(ov_model, onnx.load(str(fp32_onnx), load_external_data=False), float_nodes)
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
@@ -118,17 +120,20 @@ def quantize_openvino(
     preprocess: Callable,
     float_nodes: list[str],
     preset: str = "mixed",
+    fast_bias_correction: bool = False,
 ) -> Path:
     """INT8 OpenVINO IR of ``fp32_onnx`` by NNCF post-training quantization; returns ``out_xml``.
 
     ``preprocess(path)`` gives the model feed (a dict, or the family's ``(feed, letterbox)``); ``float_nodes`` are
     ONNX node names (``family.float_nodes(onnx_model)``) mapped to OpenVINO op names and ignored by NNCF.
     ``mixed``: symmetric weights, asymmetric activations. All ``images`` are used (``subset_size=len(images)``).
+    ``fast_bias_correction=False`` runs NNCF's full bias correction: on YOLOv5n -0.22 pt instead of -0.44 pt with the
+    fast one, at the same latency, for about a minute more of calibration.
     """
     nncf = _import_nncf()
     ov_model, preset_value, scope = _prepare(fp32_onnx, images, float_nodes, preset)
     dataset = nncf.Dataset(list(images), _feed_fn(preprocess))
-    quantized = nncf.quantize(ov_model, dataset, preset=preset_value, subset_size=len(images), ignored_scope=scope)
+    quantized = nncf.quantize(ov_model, dataset, preset=preset_value, subset_size=len(images), ignored_scope=scope, fast_bias_correction=fast_bias_correction)
     return save_ir_atomic(quantized, out_xml)
 
 
@@ -196,5 +201,6 @@ def quantize_openvino_with_accuracy_control(
         preset=preset_value,
         subset_size=len(images),
         ignored_scope=scope,
+        fast_bias_correction=False,
     )
     return save_ir_atomic(quantized, out_xml)

@@ -77,6 +77,11 @@ class YoloFamily:
         """ONNX node-name prefix of the detection head (module-scoped names from the TorchScript exporter)."""
         return f"/model.{self.head_index}/"
 
+    def head_nodes(self, model: onnx.ModelProto) -> list[str]:
+        """Every node of the detection head: its 1x1 convolutions and its decode."""
+        prefix = self.head_prefix()
+        return [n.name for n in model.graph.node if n.name.startswith(prefix)]
+
     def float_nodes(self, model: onnx.ModelProto) -> list[str]:
         """Nodes kept in float automatically: the head's decode (grid, anchors, strides) and the final concat.
 
