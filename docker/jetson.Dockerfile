@@ -6,7 +6,8 @@
 # it (edgekit's engine manifest <engine>.json refuses engines built elsewhere). Commands: docker/README.md.
 #
 # The base image carries CUDA 12.6, cuDNN, TensorRT 10.3 with its Python bindings (apt: python3-libnvinfer) and
-# /usr/src/tensorrt/bin/trtexec. Build and run on the Jetson itself, with the NVIDIA container runtime.
+# /usr/src/tensorrt/bin/trtexec. Build and run on the Jetson itself, with the NVIDIA container runtime (if the
+# `import tensorrt` check below fails during the build, set "default-runtime": "nvidia" in /etc/docker/daemon.json).
 FROM nvcr.io/nvidia/l4t-jetpack:r36.4.0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -47,7 +48,7 @@ COPY recipes /opt/edgekit/recipes
 # TensorRT runner), is installed directly, below 13: cuda-python 13 targets CUDA 13 drivers, JetPack 6 has CUDA 12.6.
 RUN pip3 install -c constraints-jetson.txt -e ".[${EDGEKIT_EXTRAS}]" "cuda-python>=12.6,<13" \
     && python3 -c "import tensorrt, edgekit; print('TensorRT', tensorrt.__version__)" \
-    && trtexec --help > /dev/null
+    && command -v trtexec
 
 VOLUME ["/assets"]
 ENTRYPOINT ["edgekit"]

@@ -153,6 +153,18 @@ def inspect(
 
 
 @app.command()
+def build(
+    run: Annotated[Path, typer.Argument(help="a folder written by `edgekit export` with tensorrt targets")],
+    precision: Annotated[Optional[str], typer.Option(help="build only this precision (fp32, fp16, int8)")] = None,
+) -> None:
+    """Build the run's TensorRT engines on this device (TensorRT Python API, or trtexec), each with its manifest."""
+    from edgekit.backends.tensorrt import build_from_run
+
+    for engine in build_from_run(run, precision):
+        console.print(f"built {engine} (manifest {engine.name}.json)")
+
+
+@app.command()
 def check(
     report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")],
     require_all: Annotated[bool, typer.Option("--require-all", help="also fail when a target could not be built here (e.g. TensorRT without a GPU)")] = False,

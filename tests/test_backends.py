@@ -257,3 +257,46 @@ def test_check_skips_unbuilt_targets_unless_required(edge_run):
     strict = edgekit("check", edge_run / "report.json", "--require-all")
     assert strict.returncode == 1 and "SKIPPED" in strict.stderr
 
+
+
+def test_build_command_without_tensorrt_fails_cleanly(edge_run):
+    from test_cli import edgekit
+
+    result = edgekit("build", edge_run, "--precision", "int8", cwd=edge_run)  # cwd has a tensorrt/ folder: not TensorRT
+    assert result.returncode == 2 and "TensorRT is not installed" in result.stderr and "Traceback" not in result.stderr
+    assert not (edge_run / "tensorrt" / "model_int8.engine").exists()
+    missing = edgekit("build", edge_run, "--precision", "fp16")
+    assert missing.returncode == 2 and "no TensorRT build settings" in missing.stderr
+
+
+def test_build_command_drives_trtexec_and_writes_the_manifest(edge_run, tmp_path):
+    """A stand-in ``trtexec`` (it copies the ONNX bytes to --saveEngine and prints TensorRT's banner) checks edgekit's
+    side of a trtexec build: the command line, the atomic engine write, the manifest. No TensorRT runs here."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(edge_run, run)
+    fake = tmp_path / "bin" / "trtexec"
+    fake.parent.mkdir()
+    log = tmp_path / "argv.json"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, shutil, sys\n"
+        f"json.dump(sys.argv[1:], open({str(log)!r}, 'w'))\n"
+        "args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)\n"
+        "shutil.copyfile(args['onnx'], args['saveEngine'])\nprint('&&&& RUNNING TensorRT.trtexec [TensorRT v100300]')\n"
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}", EDGEKIT_PROGRESS="0")
+    result = subprocess.run([sys.executable, "-m", "edgekit.cli", "build", str(run), "--precision", "int8"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(log.read_text())
+    assert "--stronglyTyped" in argv and any(a.startswith("--onnx=") and a.endswith("model_int8_qdq.onnx") for a in argv)
+    engine = run / "tensorrt" / "model_int8.engine"
+    manifest = json.loads((run / "tensorrt" / "model_int8.engine.json").read_text())
+    assert engine.read_bytes() == (run / "tensorrt" / "model_int8_qdq.onnx").read_bytes()
+    assert manifest["builder"] == "trtexec" and manifest["tensorrt_version"] == "10.3.0" and manifest["strongly_typed"] is True
+    assert manifest["onnx"] == "model_int8_qdq.onnx" and manifest["config"]["precision"] == "int8"
+    assert sorted(p.name for p in engine.parent.iterdir() if p.name.startswith(".")) == []  # no staging leftovers

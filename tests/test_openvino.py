@@ -74,7 +74,7 @@ def test_ir_saved_atomically_and_runs(tmp_path):
     from edgekit.backends.openvino_quant import save_ir_atomic
 
     path, weight = _tiny_onnx(tmp_path / "tiny.onnx")
-    xml = save_ir_atomic(ov.Core().read_model(str(path)), tmp_path / "ir" / "tiny.xml")
+    xml = save_ir_atomic(ov.convert_model(str(path)), tmp_path / "ir" / "tiny.xml")
     assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml"]  # no staging folder left
     x = np.ones((1, 3, 8, 8), np.float32)
     with OpenVinoRunner(xml) as r:
@@ -128,7 +128,7 @@ def test_int8_ir_keeps_head_decode_float_and_tracks_fp32(fp32_onnx, calib_images
     family, _ = yolo
     onnx_model = onnx.load(fp32_onnx)
     float_nodes = family.float_nodes(onnx_model)
-    ignored = set(openvino_ignored_names(ov.Core().read_model(str(fp32_onnx)), onnx_model, float_nodes))
+    ignored = set(openvino_ignored_names(ov.convert_model(str(fp32_onnx)), onnx_model, float_nodes))
     # the decode (3 sigmoids, the fused grid/anchor arithmetic) and the output concat are covered
     assert {"/model.24/Sigmoid", "/model.24/Sigmoid_1", "/model.24/Sigmoid_2", "output0"} <= ignored
     assert not any(name.startswith("/model.24/m.") for name in ignored)  # the head convs stay quantizable

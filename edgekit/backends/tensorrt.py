@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgekit.artifacts import sha256_file, write_json_atomic
 from edgekit.backends.base import BuildInputs, BuiltTarget
-from edgekit.backends.tensorrt_build import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, manifest_path, onnx_input_shapes, trtexec_command
+from edgekit.backends.tensorrt_build import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, import_tensorrt, manifest_path, onnx_input_shapes, trtexec_command
 from edgekit.errors import EdgekitError
 from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import Recipe, TargetSpec
@@ -41,8 +41,7 @@ def build_config(recipe: Recipe, precision: str) -> TensorRTBuildConfig:
 def tensorrt_available() -> str | None:
     """How engines can be built here (``tensorrt-python`` or ``trtexec``), or ``None``."""
     try:
-        import tensorrt  # noqa: F401
-
+        import_tensorrt()
         return "tensorrt-python"
     except ImportError:
         return "trtexec" if shutil.which("trtexec") else None
@@ -99,3 +98,35 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     files += [engine, manifest_path(engine)]
     settings["builder"] = how
     return BuiltTarget(target, engine, lambda: TensorRTRunner(engine), files=files, settings=settings)
+
+
+def build_from_run(run_dir: str | Path, precision: str | None = None) -> list[Path]:
+    """Build the TensorRT engines a run folder describes (``tensorrt/build_<precision>.json``), with their manifests.
+
+    This is the device half of the x86 -> Jetson flow: ``edgekit export`` writes the Q/DQ ONNX and build settings
+    anywhere; the engine is built on the device that will run it.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    plans = sorted((run_dir / "tensorrt").glob("build_*.json"))
+    if precision:
+        plans = [p for p in plans if p.stem == f"build_{precision}"]
+    if not plans:
+        raise EdgekitError(
+            "no TensorRT build settings in this run folder" + (f" for precision {precision}" if precision else ""),
+            run_dir / "tensorrt",
+            "run `edgekit export` with a tensorrt:<precision> target first, and pass its --out folder",
+        )
+    engines = []
+    for plan_path in plans:
+        try:
+            plan = json.loads(plan_path.read_text(encoding="utf-8"))
+            onnx_rel, engine_rel, config = plan["onnx"], plan["engine"], plan["config"]
+        except (ValueError, KeyError) as exc:
+            raise EdgekitError(f"not an edgekit TensorRT build file ({exc})", plan_path, "re-run `edgekit export`") from exc
+        onnx_path = run_dir / onnx_rel
+        if plan.get("onnx_sha256") and onnx_path.is_file() and sha256_file(onnx_path) != plan["onnx_sha256"]:
+            raise EdgekitError("the ONNX model changed since `edgekit export` wrote its build settings", onnx_path, "re-run `edgekit export`")
+        engines.append(build_engine(onnx_path, run_dir / engine_rel, config))
+    return engines

@@ -39,6 +39,16 @@ TENSORRT_MISSING = (
 TENSORRT_FIX = "install TensorRT 10/11 on the target device (JetPack on Jetson, `pip install tensorrt` on x86 with CUDA)"
 
 
+def import_tensorrt():
+    """NVIDIA's ``tensorrt`` module, or ImportError. A plain folder named ``tensorrt`` on ``sys.path`` (an edgekit run
+    folder's ``tensorrt/`` when Python starts there) imports as an empty namespace package: that is not TensorRT."""
+    import tensorrt
+
+    if getattr(tensorrt, "__file__", None) is None or not hasattr(tensorrt, "Builder"):
+        raise ImportError("'tensorrt' resolves to a folder, not NVIDIA TensorRT")
+    return tensorrt
+
+
 class DynamicBatch(BaseModel):
     """Batch range of the optimization profile (every other input dimension stays as exported)."""
 
@@ -215,9 +225,7 @@ def current_device_info(tensorrt_version: str | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {"tensorrt_version": tensorrt_version or fp.get("versions", {}).get("tensorrt")}
     if info["tensorrt_version"] is None:
         try:
-            import tensorrt as trt
-
-            info["tensorrt_version"] = trt.__version__
+            info["tensorrt_version"] = import_tensorrt().__version__
         except ImportError:
             pass
     info.update({"cuda_version": None, "gpu_name": None, "compute_capability": None})
@@ -414,7 +422,7 @@ def build_engine(
         input_shapes = onnx_input_shapes(onnx_path)
     command = trtexec_command(onnx_path, engine_path, config, input_shapes)
     try:
-        import tensorrt as trt
+        trt = import_tensorrt()
     except ImportError:
         trt = None
     if trt is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.tensorrt_build import TENSORRT_FIX, TENSORRT_MISSING, _cudart, check_engine_manifest, current_device_info
+from edgekit.backends.tensorrt_build import TENSORRT_FIX, TENSORRT_MISSING, _cudart, check_engine_manifest, current_device_info, import_tensorrt
 from edgekit.errors import EdgekitError
 from edgekit.runners.base import Runner, TensorMeta
 
@@ -44,7 +44,7 @@ class TensorRTRunner(Runner):
         if self.engine is not None:
             return
         try:
-            import tensorrt as trt
+            trt = import_tensorrt()
         except ImportError as exc:
             raise EdgekitError(TENSORRT_MISSING, self.engine_path, TENSORRT_FIX) from exc
         try:
