@@ -194,9 +194,7 @@ class NormalizedBoxesRunner:
         self.runner.close()
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, y in self.runner.infer(feed).items():
-            y = y.copy()
+        out = self.runner.infer(feed)  # runners return fresh arrays: scale in place
+        for y in out.values():
             y[..., :4] *= self.input_size
-            out[name] = y
         return out
