@@ -43,7 +43,7 @@ def peer_builds(ctx: BuildContext, work: Path) -> list[BuiltTarget]:
     ov_xml = peers.openvino_ultralytics(ctx.artifacts["fp32"], work / "peer_openvino_int8.xml", ctx.calibration, prep, ctx.family.head_prefix())
     ctx.timings["peer openvino build"] = round(time.perf_counter() - start, 2)
     out.append(BuiltTarget(TargetSpec(backend="openvino", precision="int8"), ov_xml, lambda: OpenVinoRunner(ov_xml, threads=threads, precision_hint=None),
-                           files=[ov_xml], label="peer ultralytics openvino:int8", notes=["nncf.quantize MIXED, every Sigmoid and the whole Detect head ignored; device-default precision"]))
+                           files=[ov_xml], label="peer ultralytics openvino:int8", notes=["nncf.quantize MIXED, every Sigmoid and the whole Detect head ignored; device-default precision (no hint, as Ultralytics)"]))
     for in_head, label in [(False, "peer ultralytics tflite:int8"), (True, "peer ultralytics tflite:int8, boxes normalized in the decode")]:
         start = time.perf_counter()
         tfl = peers.litert_ultralytics(ctx.torch_model, work / f"peer_litert_int8{'_in_head' if in_head else ''}.tflite", ctx.calibration, prep, size, in_head)
@@ -54,6 +54,32 @@ def peer_builds(ctx: BuildContext, work: Path) -> list[BuiltTarget]:
 
         out.append(BuiltTarget(TargetSpec(backend="tflite", precision="int8"), tfl, runner, files=[tfl], label=label,
                                notes=["boxes / input size, static_wi8_ai8 on the whole graph (decode included), float I/O"]))
+    return out
+
+
+def head_to_head(ctx: BuildContext, runs: int, warmup: int, repeats: int = 3) -> dict[str, list[dict]]:
+    """Per backend, edgekit's INT8 engine against that backend's peer engines only, interleaved in their own loop
+    (``repeats`` times): the cleanest ratio, free of the cross-talk of a dozen runtimes loaded side by side."""
+    from edgekit.profiling.latency import measure_latency_interleaved
+
+    feed = ctx.family.preprocess(ctx.calibration[0])[0]
+    out: dict[str, list[dict]] = {}
+    for backend in ("openvino", "tflite"):
+        ours = ctx.builds.get(f"{backend}:int8")
+        rivals = [b for name, b in ctx.builds.items() if name.startswith("peer") and b.target.backend == backend]
+        if ours is None or not rivals:
+            continue
+        runners = {b.name: b.make_runner() for b in [ours, *rivals]}
+        try:
+            for r in runners.values():
+                r.load()
+            for _ in range(repeats):
+                stats = measure_latency_interleaved({n: (r, feed) for n, r in runners.items()}, warmup, runs)
+                medians = {n: round(s.median, 3) for n, s in stats.items()}
+                out.setdefault(backend, []).append({"median_ms": medians, "edgekit_vs_peer": {n: round(medians[ours.name] / m, 3) for n, m in medians.items() if n != ours.name}})
+        finally:
+            for r in runners.values():
+                r.close()
     return out
 
 
@@ -86,6 +112,7 @@ def main() -> None:
         for built in peer_builds(ctx, args.work):
             ctx.builds[built.name] = built
     variants = measure_targets(ctx)
+    duels = head_to_head(ctx, args.runs, args.warmup) if args.peers else {}
     ctx.timings["total"] = round(time.perf_counter() - start, 2)
     report = build_report(ctx, variants)
 
@@ -120,9 +147,14 @@ def main() -> None:
             r["target"], f"{r['mAP50-95']:.4f}", f"{-r['drop_pt']:+.2f}" if r["drop_pt"] is not None else "ref", f"{r['mAP50']:.4f}",
             f"{r['median_ms']:.2f}", f"{r['latency_vs_ort_fp32']:.2f}x", f"{r['size_mb']:.2f}",
         )
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
+    for backend, rounds in duels.items():
+        for i, rnd in enumerate(rounds, 1):
+            console.print(f"{backend} head-to-head, round {i}: " + ", ".join(f"{n} {m:.2f} ms" for n, m in rnd["median_ms"].items())
+                          + " | edgekit/peer: " + ", ".join(f"{r:.3f}" for r in rnd["edgekit_vs_peer"].values()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, {"recipe": str(args.recipe), "runs": args.runs, "device": report.device, "versions": ref.manifest.get("versions"), "timings_s": report.timings_s, "rows": rows})
+    write_json_atomic(args.out, {"recipe": str(args.recipe), "runs": args.runs, "device": report.device, "versions": ref.manifest.get("versions"), "timings_s": report.timings_s, "rows": rows, "head_to_head": duels})
     print(f"wrote {args.out}")
 
 

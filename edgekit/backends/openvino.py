@@ -15,8 +15,19 @@ _VARIANTS = {
     "fp32": ("model_fp32.xml", False, "f32"),
     "bf16": ("model_fp32.xml", False, "bf16"),
     "fp16": ("model_fp16.xml", True, "f16"),
-    "int8": ("model_int8.xml", False, None),  # float parts (the head) run in the device's default precision
+    "int8": ("model_int8.xml", False, "auto"),  # float parts (the head): bf16 where the device has it, else f32
 }
+
+
+def _auto_hint(device: str) -> str:
+    """bf16 where the device lists BF16 among its optimization capabilities (OpenVINO's own CPU default), else f32."""
+    from edgekit.runners.openvino import import_openvino
+
+    try:
+        caps = import_openvino().Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # a device without the property
+        return "f32"
+    return "bf16" if "BF16" in caps else "f32"
 
 
 def _float_nodes(inputs: BuildInputs) -> list[str]:
@@ -38,10 +49,11 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
 
     r, spec = inputs.recipe, inputs.recipe.openvino
     name, compress, hint = _VARIANTS[target.precision]
+    hint = _auto_hint(spec.device) if hint == "auto" else hint
     folder = inputs.stage / "openvino"
     folder.mkdir(exist_ok=True)
     xml = folder / (name.replace("int8", "int8_ac") if target.accuracy_control else name)
-    settings: dict = {"device": spec.device, "precision_hint": hint or "device default", "ir": xml.name}
+    settings: dict = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
     if target.precision == "int8":
         preprocess, float_nodes = inputs.family.preprocess, _float_nodes(inputs)
         settings["nncf"] = {
@@ -71,6 +83,6 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     with make_runner() as runner:
         settings["compiled"] = runner.settings
     notes = []
-    if hint is not None and settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
+    if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
         notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
     return BuiltTarget(target, xml, make_runner, files=[xml, xml.with_suffix(".bin")], settings=settings, notes=notes)
