@@ -44,7 +44,7 @@ def import_tensorrt():
     folder's ``tensorrt/`` when Python starts there) imports as an empty namespace package: that is not TensorRT."""
     import tensorrt
 
-    if getattr(tensorrt, "__file__", None) is None or not hasattr(tensorrt, "Builder"):
+    if getattr(tensorrt, "__file__", None) is None and hasattr(tensorrt, "__path__"):  # a namespace package
         raise ImportError("'tensorrt' resolves to a folder, not NVIDIA TensorRT")
     return tensorrt
 
