@@ -25,8 +25,10 @@ def base() -> dict:
 def test_shipped_recipe_loads_and_expands_assets():
     recipe = load_recipe(REPO / "recipes" / "yolov5n.yaml")
     assert recipe.model.weights == str(ASSETS / "yolo" / "yolov5n.safetensors")
-    assert [t.name for t in recipe.targets] == ["onnxruntime:fp32", "onnxruntime:int8"]
+    assert [t.name for t in recipe.targets] == ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tflite:int8"]
     assert recipe.budgets["mAP50-95"].max_drop == 0.005
+    edge = load_recipe(REPO / "recipes" / "yolov5n_edge.yaml")
+    assert {t.backend for t in edge.targets} == {"onnxruntime", "openvino", "tflite", "tensorrt"}
 
 
 def test_unknown_key_names_key_and_file(tmp_path, base):
