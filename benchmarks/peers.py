@@ -123,16 +123,15 @@ def litert_ultralytics(torch_model, out: Path, images: list[Path], preprocess: P
     concatenates pixels and probabilities per level inside the decode, so ``normalize_in_head=True`` moves the
     division into the decode (before any concat): the route's intent, applied where it works for this head."""
     import copy
-    import types
 
     import torch
     import litert_torch
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     model = copy.deepcopy(torch_model).eval()
-    if normalize_in_head:
+    if normalize_in_head:  # the decode multiplies xy by the stride and wh by anchors x stride: scale the stride
         head = model.model[-1]
-        head.forward = types.MethodType(_normalized_v5_decode(input_size), head)
+        head.stride = head.stride / input_size
 
     class NormalizeCoords(torch.nn.Module):
         def __init__(self) -> None:
@@ -154,26 +153,6 @@ def litert_ultralytics(torch_model, out: Path, images: list[Path], preprocess: P
     result = qt.calibrate({"serving_default": samples})
     qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
     return out
-
-
-def _normalized_v5_decode(input_size: int):
-    """YOLOv5 Detect.forward with xy and wh divided by the input size before the per-level concat."""
-    import torch
-
-    def forward(self, xs):
-        outputs = []
-        for i in range(self.nl):
-            x = self.m[i](xs[i])
-            bs, _, ny, nx = x.shape
-            y = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
-            grid, anchor_grid = self._grid(nx, ny, i, y.dtype)
-            xy = (y[..., 0:2] * 2 - 0.5 + grid) * (self.stride[i] / input_size)
-            wh2 = y[..., 2:4] * 2
-            wh = wh2 * wh2 * (anchor_grid / input_size)
-            outputs.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
-        return torch.cat(outputs, 1)
-
-    return forward
 
 
 class NormalizedBoxesRunner:

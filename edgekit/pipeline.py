@@ -45,6 +45,7 @@ class BuildContext:
     torch_model: object = None  # BN-fused FP32 module (LiteRT converts from PyTorch)
     calibration: list[Path] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)  # one calibration pass covers every placement
+    float_nodes: list[str] = field(default_factory=list)  # ONNX nodes the shared spec keeps float
     ranges: dict = field(default_factory=dict)  # tensor -> Range from that pass
     builds: dict = field(default_factory=dict)  # target name -> edgekit.backends.BuiltTarget
 
@@ -118,7 +119,7 @@ def quantize_stage(ctx: BuildContext) -> None:
 
     q = ctx.recipe.quantization
     fp32 = load_onnx(ctx.artifacts["fp32"])
-    float_nodes = (ctx.family.float_nodes(fp32) if q.keep_float.head else []) + q.keep_float.nodes
+    float_nodes = ctx.float_nodes = (ctx.family.float_nodes(fp32) if q.keep_float.head else []) + q.keep_float.nodes
     placements = [ORT_PLACEMENT] + ([TENSORRT_PLACEMENT] if any(t.name == "tensorrt:int8" for t in ctx.recipe.targets) else [])
     ctx.calibrated_tensors = tensors_for_placements(fp32, placements, float_nodes, q.keep_float.op_types)
     with _Timer(ctx, "quantize"):
@@ -153,7 +154,7 @@ def build_stage(ctx: BuildContext) -> None:
 
     inputs = BuildInputs(
         recipe=ctx.recipe, stage=ctx.stage, family=ctx.family, fp32_onnx=ctx.artifacts["fp32"], torch_model=ctx.torch_model,
-        int8_onnx=ctx.artifacts.get("int8"), quant_settings=ctx.settings.get("quantization"), calibration_images=ctx.calibration,
+        int8_onnx=ctx.artifacts.get("int8"), calibration_images=ctx.calibration, float_nodes=ctx.float_nodes,
         calibrated_tensors=ctx.calibrated_tensors, ranges=ctx.ranges, progress=progress.track,
     )
     # LiteRT last: litert-torch loads JAX, whose threads make any later fork unsafe (OpenVINO/NNCF tooling forks)

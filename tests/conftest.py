@@ -64,3 +64,17 @@ def calib_images() -> list[Path]:
 @pytest.fixture(scope="session")
 def eval_images() -> list[Path]:
     return sorted((COCO / "images").iterdir())
+
+
+def stand_in_trtexec(bin_dir: Path, body: str) -> str:
+    """Write an executable Python script named ``trtexec`` into ``bin_dir`` (a stand-in for NVIDIA's tool, which
+    cannot run here) and return a PATH value that finds it first."""
+    import stat
+    import sys
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fake = bin_dir / "trtexec"
+    fake.write_text(f"#!{sys.executable}\n{body}")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+

@@ -277,19 +277,19 @@ def test_build_command_drives_trtexec_and_writes_the_manifest(edge_run, tmp_path
     import subprocess
     import sys
 
+    from conftest import stand_in_trtexec
+
     run = tmp_path / "run"
     shutil.copytree(edge_run, run)
-    fake = tmp_path / "bin" / "trtexec"
-    fake.parent.mkdir()
     log = tmp_path / "argv.json"
-    fake.write_text(
-        f"#!{sys.executable}\nimport json, shutil, sys\n"
+    path = stand_in_trtexec(
+        tmp_path / "bin",
+        "import json, shutil, sys\n"
         f"json.dump(sys.argv[1:], open({str(log)!r}, 'w'))\n"
         "args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)\n"
-        "shutil.copyfile(args['onnx'], args['saveEngine'])\nprint('&&&& RUNNING TensorRT.trtexec [TensorRT v100300]')\n"
+        "shutil.copyfile(args['onnx'], args['saveEngine'])\nprint('&&&& RUNNING TensorRT.trtexec [TensorRT v100300]')\n",
     )
-    fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}", EDGEKIT_PROGRESS="0")
+    env = dict(os.environ, PATH=path, EDGEKIT_PROGRESS="0")
     result = subprocess.run([sys.executable, "-m", "edgekit.cli", "build", str(run), "--precision", "int8"], capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr
     argv = json.loads(log.read_text())

@@ -6,8 +6,6 @@ Everything except the tests marked with ``pytest.importorskip("tensorrt")`` runs
 from __future__ import annotations
 
 import json
-import os
-import stat
 import sys
 from collections import Counter
 
@@ -32,6 +30,7 @@ from edgekit.backends.tensorrt_qdq import (
     lint_qdq_for_tensorrt,
     quantize_for_tensorrt,
 )
+from conftest import stand_in_trtexec
 from edgekit.errors import EdgekitError
 from edgekit.quantization.ptq import quantize_static
 
@@ -394,18 +393,14 @@ def test_build_engine_uses_trtexec_from_path(tmp_path, monkeypatch):
     """Without the Python module, build_engine runs trtexec (here a stand-in that writes a plan and prints the banner)."""
     if _has_tensorrt():
         pytest.skip("TensorRT is installed here: the Python API path is used")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "trtexec"
-    fake.write_text(
-        f"#!{sys.executable}\n"
+    path = stand_in_trtexec(
+        tmp_path / "bin",
         "import sys\n"
         "print('&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec ' + ' '.join(sys.argv[1:]))\n"
         "args = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)\n"
-        "open(args['--saveEngine'], 'wb').write(b'fake plan')\n"
+        "open(args['--saveEngine'], 'wb').write(b'fake plan')\n",
     )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", path)
     src, dst = tmp_path / "m.onnx", tmp_path / "out" / "m.engine"
     onnx.save(_qdq_conv(), src)
     build_engine(src, dst, {"precision": "int8", "workspace_mb": 512})
@@ -420,12 +415,7 @@ def test_build_engine_uses_trtexec_from_path(tmp_path, monkeypatch):
 def test_trtexec_failure_is_a_clear_error(tmp_path, monkeypatch):
     if _has_tensorrt():
         pytest.skip("TensorRT is installed here")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "trtexec"
-    fake.write_text(f"#!{sys.executable}\nimport sys\nprint('[E] Error[4]: ITensor::getDimensions: bad input')\nsys.exit(1)\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", stand_in_trtexec(tmp_path / "bin", "import sys\nprint('[E] Error[4]: ITensor::getDimensions: bad input')\nsys.exit(1)\n"))
     src, dst = tmp_path / "m.onnx", tmp_path / "m.engine"
     onnx.save(_qdq_conv(), src)
     with pytest.raises(EdgekitError, match="trtexec failed with exit code 1.*bad input"):

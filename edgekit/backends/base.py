@@ -26,21 +26,11 @@ class BuildInputs:
     fp32_onnx: Path
     torch_model: Any = None  # the fused FP32 torch module (LiteRT converts from PyTorch)
     int8_onnx: Path | None = None  # the shared Q/DQ ONNX (ORT placement) when an int8 target exists
-    quant_settings: dict[str, Any] | None = None
     calibration_images: list[Path] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)  # ONNX nodes the shared spec keeps float (family decode + recipe's)
     calibrated_tensors: list[str] = field(default_factory=list)  # the shared calibration pass covers these tensors
     ranges: dict[str, Any] = field(default_factory=dict)  # ONNX tensor -> shared calibrated Range
     progress: Callable | None = None
-
-    def float_nodes(self) -> list[str]:
-        """ONNX node names kept in float: the family's decode (unless disabled) plus the recipe's own list."""
-        import onnx
-
-        q = self.recipe.quantization
-        if q is None:
-            return []
-        model = onnx.load(str(self.fp32_onnx), load_external_data=False)
-        return (self.family.float_nodes(model) if q.keep_float.head else []) + list(q.keep_float.nodes)
 
 
 @dataclass

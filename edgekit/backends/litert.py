@@ -24,6 +24,7 @@ import numpy as np
 from edgekit.artifacts import atomic_path, sha256_file
 from edgekit.backends.base import BuildInputs, BuiltTarget
 from edgekit.errors import EdgekitError
+from edgekit.profiling.device import package_version
 from edgekit.recipe import TargetSpec
 
 INSTALL_FIX = 'pip install -e ".[tflite]"'
@@ -91,7 +92,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
 
     op = qtyping.TFLOperationName.ALL_SUPPORTED
     q = quantizer.Quantizer(str(fp32_path))
-    settings: dict = {"tool": "ai-edge-quantizer", "version": _version("ai-edge-quantizer")}
+    settings: dict = {"tool": "ai-edge-quantizer", "version": package_version("ai-edge-quantizer")}
     calibration = None
     if precision == "fp16":
         config = qtyping.OpQuantizationConfig(
@@ -173,15 +174,6 @@ def _track(inputs: BuildInputs, items: list, label: str):
     return (items[i] for i in indices)
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     """Build one ``tflite:<precision>`` target under ``stage/tflite/``."""
     from edgekit.runners.litert import LiteRTRunner
@@ -192,7 +184,7 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     r = inputs.recipe
     if not fp32.is_file():
         convert_fp32(inputs.torch_model, r.model.input_size, r.model.batch, inputs.family.anchor_based, fp32)
-    settings: dict = {"converter": {"tool": "litert-torch", "version": _version("litert-torch"), "layout": "NHWC", "outputs": ["boxes", "scores"]}}
+    settings: dict = {"converter": {"tool": "litert-torch", "version": package_version("litert-torch"), "layout": "NHWC", "outputs": ["boxes", "scores"]}}
     path = fp32
     if target.precision != "fp32":
         path = folder / f"model_{target.precision}.tflite"
@@ -203,7 +195,7 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
         return LiteRTRunner(path, threads=r.benchmark.threads, input_names=[input_name], output_names=["boxes", "scores"])
 
     with make_runner() as runner:
-        settings["interpreter"] = {"runtime": "ai-edge-litert", "version": _version("ai-edge-litert"), "delegate": "XNNPACK", "threads": r.benchmark.threads, "io_dtypes": runner.io_dtypes}
+        settings["interpreter"] = {"runtime": "ai-edge-litert", "version": package_version("ai-edge-litert"), "delegate": "XNNPACK", "threads": r.benchmark.threads, "io_dtypes": runner.io_dtypes}
     notes = []
     q = r.quantization
     if target.precision == "int8" and q is not None and (q.keep_float.nodes or q.keep_float.op_types):

@@ -54,7 +54,7 @@ def quantized_onnx(inputs: BuildInputs, out: Path) -> tuple[Path, list[str]]:
     q = inputs.recipe.quantization
     result = quantize_for_tensorrt(
         load_onnx(inputs.fp32_onnx), inputs.calibration_images, lambda p: inputs.family.preprocess(p)[0],
-        method=q.method, percentile=q.percentile, per_channel=q.per_channel, float_nodes=inputs.float_nodes(),
+        method=q.method, percentile=q.percentile, per_channel=q.per_channel, float_nodes=inputs.float_nodes,
         float_ops=q.keep_float.op_types, threads=inputs.recipe.benchmark.threads, progress=inputs.progress,
         also_calibrate=inputs.calibrated_tensors,
     )

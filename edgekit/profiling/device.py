@@ -72,14 +72,16 @@ def _run(cmd: list[str], timeout: float = 3.0) -> str | None:
         return None
 
 
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or ``None``."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _versions() -> dict[str, str]:
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+    return {pkg: v for pkg in PACKAGES if (v := package_version(pkg)) is not None}
 
 
 def _gpus() -> list[dict[str, str]]:
