@@ -299,23 +299,37 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
 
 
+def run_detector(ctx: BuildContext) -> list[dict]:
+    """Every stage of the detector job inside ``ctx.stage``; returns the report's variants."""
+    export_stage(ctx)
+    if any(t.precision == "int8" for t in ctx.recipe.targets):
+        quantize_stage(ctx)
+    build_stage(ctx)
+    variants = measure_targets(ctx)
+    if ctx.recipe.export.nms_in_graph:
+        deployment_stage(ctx)
+    return variants
+
+
 def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False):
     """Run the whole job for ``recipe`` into ``out``; returns the report."""
     from edgekit.reports import write_report
 
     out = Path(out)
     stage = _prepare_out(out, overwrite)
-    ctx = BuildContext(recipe, Path(recipe_path), stage)
+    if recipe.model.family == "clip":
+        from edgekit.pipelines.clip import ClipContext, run_clip
+
+        ctx = ClipContext(recipe, Path(recipe_path), stage)
+    else:
+        ctx = BuildContext(recipe, Path(recipe_path), stage)
     ctx.inputs[str(recipe_path)] = sha256_file(recipe_path)
     start = time.perf_counter()
     try:
-        export_stage(ctx)
-        if any(t.precision == "int8" for t in recipe.targets):
-            quantize_stage(ctx)
-        build_stage(ctx)
-        variants = measure_targets(ctx)
-        if recipe.export.nms_in_graph:
-            deployment_stage(ctx)
+        if recipe.model.family == "clip":
+            variants = run_clip(ctx)
+        else:
+            variants = run_detector(ctx)
         ctx.timings["total"] = round(time.perf_counter() - start, 3)
         report = build_report(ctx, variants)
         write_report(report, stage)

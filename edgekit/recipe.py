@@ -20,10 +20,25 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    family: Literal["yolo"] = "yolo"
-    weights: PathText = Field(description="safetensors or Ultralytics .pt checkpoint (read without executing pickle code)")
-    input_size: int = Field(640, ge=32, description="square input side in pixels; a multiple of the largest stride")
+    family: Literal["yolo", "clip"] = "yolo"
+    weights: PathText | None = Field(
+        None,
+        description="yolo: safetensors or Ultralytics .pt checkpoint; clip: a Hugging Face CLIPModel folder, an open_clip "
+        "checkpoint file (with `config`), or a hub id (pickles are read without executing code)",
+    )
+    config: PathText | None = Field(None, description="clip: open_clip or Hugging Face config JSON; without weights, random weights from `seed`")
+    tokenizer: PathText | None = Field(None, description="clip: OpenAI BPE file (.txt.gz), a tokenizer folder or a hub id (default: the weights folder)")
+    seed: int = Field(0, description="clip: seed of the random weights used when only `config` is given")
+    input_size: int = Field(640, ge=32, description="yolo: square input side in pixels; a multiple of the largest stride")
     batch: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _source(self) -> "ModelSpec":
+        if self.family == "yolo" and not self.weights:
+            raise ValueError("a yolo model needs `weights`")
+        if self.family == "clip" and not (self.weights or self.config):
+            raise ValueError("a clip model needs `weights` (folder, file or hub id) or `config` (architecture, random weights)")
+        return self
 
 
 
@@ -118,6 +133,49 @@ class TensorRTSpec(_Strict):
     build: Literal["auto", "never"] = Field("auto", description="auto: build when TensorRT or trtexec exists; never: write the ONNX, config and trtexec command only")
 
 
+class TextCalibrationSpec(_Strict):
+    captions: PathText = Field(description="COCO captions JSON; the captions of `images` calibrate the text tower")
+    images: PathText | None = Field(None, description="only captions of the images in this folder (keeps evaluation images out)")
+    count: int = Field(512, ge=1)
+
+
+class ZeroShotSpec(_Strict):
+    labels: PathText = Field(description="CSV with file, class_index and class name columns (images beside it unless `images`)")
+    images: PathText | None = None
+    templates: list[str] | None = Field(None, description="prompt templates with one '{}' for the class name")
+    templates_file: PathText | None = Field(None, description="OpenAI's prompts markdown; used with `templates_section`")
+    templates_section: str | None = None
+    max_images: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _templates(self) -> "ZeroShotSpec":
+        if not self.templates and not (self.templates_file and self.templates_section):
+            raise ValueError("give `templates`, or `templates_file` with `templates_section`")
+        return self
+
+
+class RetrievalSpec(_Strict):
+    captions: PathText = Field(description="COCO captions JSON")
+    images: list[PathText] = Field(min_length=1, description="image folders; images without captions are skipped")
+    max_images: int | None = Field(None, ge=1)
+
+
+class ClipSpec(_Strict):
+    """CLIP towers: how each is quantized, what calibrates the text tower, and how the pair is evaluated."""
+
+    vision_int8: Literal["static", "float"] = Field("static", description="vision tower in int8 targets: static Q/DQ on the weight MatMuls, or kept float")
+    text_int8: Literal["dynamic", "static", "float"] = Field(
+        "dynamic", description="text tower in int8 targets: dynamic int8 MatMuls (ORT; weight-only int8 on OpenVINO), static Q/DQ, or float"
+    )
+    smooth_quant: float | None = Field(None, gt=0, lt=1, description="SmoothQuant alpha: migrate activation outliers into LayerNorm-fed weights before static int8")
+    context_length: int = Field(77, ge=8)
+    text_calibration: TextCalibrationSpec | None = None
+    zero_shot: ZeroShotSpec | None = None
+    retrieval: RetrievalSpec | None = None
+    label_embeddings: bool = Field(True, description="write the zero-shot class embeddings (from the FP32 text tower) as class_embeddings.npy")
+    text_batch: int = Field(64, ge=1, description="texts per call when encoding prompts and captions")
+
+
 class DatasetSpec(_Strict):
     images: PathText
     annotations: PathText
@@ -163,6 +221,7 @@ class Recipe(_Strict):
     openvino: OpenVinoSpec = Field(default_factory=OpenVinoSpec)
     tflite: TFLiteSpec = Field(default_factory=TFLiteSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+    clip: ClipSpec | None = Field(None, description="clip family: tower quantization and zero-shot/retrieval evaluation")
     budgets: dict[str, Budget] = Field(default_factory=dict, description="metric name -> allowed drop vs FP32")
 
     @field_validator("targets", mode="before")
@@ -186,6 +245,20 @@ class Recipe(_Strict):
     def _int8_needs_quantization(self) -> "Recipe":
         if any(t.precision == "int8" for t in self.targets) and self.quantization is None:
             raise ValueError("an int8 target needs a `quantization:` section")
+        return self
+
+    @model_validator(mode="after")
+    def _family_sections(self) -> "Recipe":
+        if self.model.family == "clip":
+            if self.evaluation is not None:
+                raise ValueError("a clip recipe is evaluated by `clip.zero_shot` and `clip.retrieval`, not `evaluation`")
+            if self.clip is None:
+                self.clip = ClipSpec()
+            c = self.clip
+            if any(t.precision == "int8" for t in self.targets) and c.text_int8 == "static" and c.text_calibration is None:
+                raise ValueError("clip.text_int8: static needs clip.text_calibration (captions)")
+        elif self.clip is not None:
+            raise ValueError("the `clip` section applies to model.family: clip only")
         return self
 
     @model_validator(mode="after")

@@ -167,7 +167,7 @@ def test_write_and_load_round_trip(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md"]
     loaded = load_report(json_path)
     assert loaded == report
-    assert json.loads(json_path.read_text())["schema_version"] == "1.0"
+    assert json.loads(json_path.read_text())["schema_version"] == "1.1"
     assert check_report(loaded) == check_report(report)
     # a folder holding report.json is accepted too
     assert load_report(tmp_path / "out") == report

@@ -204,3 +204,29 @@ def quantize_openvino_with_accuracy_control(
         fast_bias_correction=False,
     )
     return save_ir_atomic(quantized, out_xml)
+
+
+def quantize_openvino_transformer(fp32_onnx: Path, out_xml: Path, feeds: list[dict[str, np.ndarray]] | None, mode: str) -> dict:
+    """INT8 OpenVINO IR of a transformer graph (a CLIP tower); returns the settings for the manifest.
+
+    ``static``: NNCF post-training quantization with ``ModelType.TRANSFORMER`` (LayerNorm, Softmax, GELU and the
+    attention arithmetic stay float, as NNCF's transformer rules say) calibrated on ``feeds``. ``dynamic``: int8
+    weight compression (``nncf.compress_weights``, INT8_ASYM); OpenVINO's CPU plugin quantizes the activations of
+    compressed MatMuls at run time (its dynamic quantization), which is OpenVINO's counterpart of ORT's dynamic int8.
+    """
+    nncf = _import_nncf()
+    read_model(fp32_onnx)
+    ov_model = import_openvino().convert_model(str(fp32_onnx))
+    if mode == "static":
+        if not feeds:
+            raise EdgekitError("no calibration samples for static int8", fp32_onnx, "give calibration images (vision) or captions (text)")
+        dataset = nncf.Dataset(list(feeds))
+        quantized = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
+        settings = {"nncf": "quantize", "model_type": "transformer", "preset": "mixed", "calibration_samples": len(feeds)}
+    elif mode == "dynamic":
+        quantized = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        settings = {"nncf": "compress_weights", "mode": "int8_asym", "activations": "dynamic (CPU plugin)"}
+    else:
+        raise EdgekitError(f"unknown OpenVINO int8 mode {mode!r}", fix="use static or dynamic")
+    save_ir_atomic(quantized, out_xml)
+    return settings

@@ -39,18 +39,30 @@ def export_onnx(
     output_names: tuple[str, ...] = ("output0",),
 ) -> Path:
     """Export ``model`` (BN folded) with the TorchScript exporter, which keeps module-scoped node names."""
-    path = Path(path)
-    fused = fuse_batchnorm(model)
     dynamic_axes = {input_name: {0: "batch"}, **{n: {0: "batch"} for n in output_names}} if dynamic_batch else None
+    return export_module(fuse_batchnorm(model), (sample,), path, opset, (input_name,), output_names, dynamic_axes)
+
+
+def export_module(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str | Path,
+    opset: int,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> Path:
+    """Export ``module`` called on ``args`` with the TorchScript exporter, written atomically and checked by onnx."""
+    path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            fused,
-            (sample,),
+            module,
+            args,
             str(tmp),
             dynamo=False,
             opset_version=opset,
-            input_names=[input_name],
+            input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
@@ -77,8 +89,10 @@ class ExportCheck:
         return {**asdict(self), "passed": self.passed}
 
 
-def check_against_torch(model: nn.Module, onnx_path: str | Path, samples: list[np.ndarray], tolerance: float, threads: int = 2) -> ExportCheck:
+def check_against_torch(model: nn.Module, onnx_path: str | Path, samples: list[np.ndarray] | list[dict[str, np.ndarray]], tolerance: float, threads: int = 2) -> ExportCheck:
     """Run PyTorch and ONNX Runtime on ``samples``; fail (EdgekitError) when the error exceeds ``tolerance``.
+
+    A sample is one array (single-input models) or a feed (input name -> array, passed to PyTorch in input order).
 
     The tolerance applies to the max abs error relative to the output's magnitude, ``max|a-b| / max(1, max|a|)``,
     so pixel-valued and probability-valued outputs are judged alike.
@@ -88,11 +102,12 @@ def check_against_torch(model: nn.Module, onnx_path: str | Path, samples: list[n
     max_abs = max_rel = total = 0.0
     count = 0
     with OnnxRuntimeRunner(onnx_path, threads=threads) as runner, torch.no_grad():
-        input_name = runner.inputs[0].name
+        names = [i.name for i in runner.inputs]
         for sample in samples:
-            ref = model(torch.from_numpy(sample))
+            feed = sample if isinstance(sample, dict) else {names[0]: sample}
+            ref = model(*[torch.from_numpy(feed[n]) for n in names])
             refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-            outs = list(runner.infer({input_name: sample}).values())
+            outs = list(runner.infer(feed).values())
             for r, o in zip(refs, outs):
                 r = r.numpy()
                 err = np.abs(r.astype(np.float64) - o)

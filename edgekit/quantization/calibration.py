@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +47,17 @@ def calibration_images(folder: str | Path, count: int, warn_below: int = 32) -> 
     return chosen
 
 
-def cache_key(model: onnx.ModelProto, images: list[Path], tensors: list[str], settings: dict) -> str:
-    """Hash of the model bytes, every image's bytes, the observed tensors and the settings."""
+def sample_digest(sample: Path | str) -> str:
+    """sha256 of one calibration sample: an image file's bytes, or a text's UTF-8 bytes."""
+    return sha256_file(sample) if isinstance(sample, Path) else hashlib.sha256(str(sample).encode()).hexdigest()
+
+
+def cache_key(model: onnx.ModelProto, images: Sequence[Path | str], tensors: list[str], settings: dict) -> str:
+    """Hash of the model bytes, every sample's bytes (image files or texts), the observed tensors and the settings."""
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model.SerializeToString(deterministic=True)).digest())
-    for path in images:
-        digest.update(sha256_file(path).encode())
+    for sample in images:
+        digest.update(sample_digest(sample).encode())
     digest.update(json.dumps({"tensors": sorted(tensors), **settings}, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -83,15 +88,17 @@ def observe_model(model: onnx.ModelProto, tensors: list[str]) -> bytes:
 def collect_ranges(
     model: onnx.ModelProto,
     tensors: list[str],
-    images: list[Path],
-    preprocess: Callable[[Path], dict[str, np.ndarray]],
+    images: Sequence[Path | str],
+    preprocess: Callable[[Path | str], dict[str, np.ndarray]],
     method: str = "percentile",
     percentile: float = 99.99,
     threads: int = 2,
     progress: Callable[[str, int], Iterator[int]] | None = None,
     use_cache: bool = True,
 ) -> CalibrationResult:
-    """Observe ``tensors`` over ``images`` (one image in memory at a time) and return each tensor's range.
+    """Observe ``tensors`` over ``images`` (one sample in memory at a time) and return each tensor's range.
+
+    Samples are image paths or texts (caption calibration of a text encoder); ``preprocess`` turns one into a feed.
 
     MinMax takes one pass; percentile and entropy take a second pass that fills fixed-range histograms.
     """

@@ -42,6 +42,7 @@ class Placement:
     fixed_ranges: dict[str, Range] = field(default_factory=dict)  # op type -> output range known a priori
     shared_io: frozenset[str] = frozenset()  # ops whose output reuses the input's parameters
     float_bias: bool = False  # keep biases float (TensorRT) instead of int32 Q/DQ (ONNX Runtime's QLinearConv)
+    weighted_only: frozenset[str] = frozenset()  # ops quantized only when input 1 is a constant weight
 
 
 ORT_PLACEMENT = Placement(
@@ -56,7 +57,11 @@ CONV_ONLY_PLACEMENT = Placement(name="conv-only", ops=frozenset({"Conv"}))
 TENSORRT_PLACEMENT = Placement(
     name="tensorrt", ops=frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat"}), activation_dtype="int8", float_bias=True
 )
-PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT, TENSORRT_PLACEMENT)}
+# Transformers: only the weight MatMuls/Gemms (projections, MLP), u8 activations x s8 weights for ORT's
+# QLinearMatMul / MatMulIntegerToFloat; attention's activation x activation MatMuls, Softmax, LayerNorm, GELU and
+# the patch-embedding Conv stay float.
+TRANSFORMER_PLACEMENT = Placement(name="transformer", ops=frozenset({"MatMul", "Gemm"}), weighted_only=frozenset({"MatMul", "Gemm"}))
+PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT, TENSORRT_PLACEMENT, TRANSFORMER_PLACEMENT)}
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -65,10 +70,12 @@ def matches(name: str, patterns: list[str]) -> bool:
 
 def quantized_nodes(model: onnx.ModelProto, placement: Placement, float_nodes: list[str], float_ops: list[str]) -> list[onnx.NodeProto]:
     """Nodes that run in INT8: the placement's op types minus float-kept nodes and op types."""
+    constants = GraphIndex(model).initializers if placement.weighted_only else {}
     return [
         n
         for n in model.graph.node
         if n.op_type in placement.ops and n.op_type not in float_ops and not matches(n.name, float_nodes)
+        and (n.op_type not in placement.weighted_only or (len(n.input) > 1 and n.input[1] in constants))
     ]
 
 

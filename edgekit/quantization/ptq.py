@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +32,8 @@ class PTQResult:
 
 def quantize_static(
     model: onnx.ModelProto,
-    images: list[Path],
-    preprocess: Callable[[Path], dict[str, np.ndarray]],
+    images: Sequence[Path | str],
+    preprocess: Callable[[Path | str], dict[str, np.ndarray]],
     method: str = "percentile",
     percentile: float = 99.99,
     per_channel: bool = True,
@@ -45,7 +45,7 @@ def quantize_static(
     use_cache: bool = True,
     also_calibrate: list[str] | None = None,
 ) -> PTQResult:
-    """Calibrate ``model`` on ``images`` and return its Q/DQ INT8 version with the spec that describes it.
+    """Calibrate ``model`` on ``images`` (image paths, or texts for a text encoder) and return its Q/DQ INT8 version with the spec that describes it.
 
     ``also_calibrate`` adds tensors other placements of the same run need (``tensors_for_placements``), so every
     backend's spec reads its ranges from one calibration pass (one cache entry).
@@ -61,6 +61,7 @@ def quantize_static(
         "per_channel": per_channel,
         "placement": placement.name,
         "activation_dtype": placement.activation_dtype + (" symmetric" if placement.activation_dtype == "int8" else ""),
+        "quantized_nodes": len(nodes),
         "weight_dtype": "int8 symmetric",
         "bias": "float" if placement.float_bias else "int32",
         "calibration_images": len(images),

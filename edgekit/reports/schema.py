@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 class LatencyMs(BaseModel):
@@ -37,6 +37,18 @@ class BudgetVerdict(BaseModel):
     message: str
 
 
+class Component(BaseModel):
+    """One graph of a multi-graph variant (a CLIP tower): its file, size and latency."""
+
+    model_path: str
+    precision: str
+    size_bytes: int
+    latency_ms: LatencyMs | None = None
+    throughput_per_s: float | None = None
+    artifact_sha256: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description="how this graph was quantized")
+
+
 class Variant(BaseModel):
     """One built model (e.g. ``onnxruntime:int8``): accuracy, fidelity, speed, size and provenance."""
 
@@ -59,6 +71,7 @@ class Variant(BaseModel):
     budget: list[BudgetVerdict] = Field(default_factory=list)
     manifest: dict[str, Any] = Field(default_factory=dict, description="versions, settings, input sha256s, artifact sha256")
     notes: list[str] = Field(default_factory=list)
+    components: dict[str, Component] = Field(default_factory=dict, description="per-graph results (CLIP: vision, text)")
 
 
 class Report(BaseModel):

@@ -107,6 +107,25 @@ def engine_lines(report: Report) -> list[str]:
     return lines
 
 
+def component_lines(report: Report) -> list[str]:
+    """Per-graph latency and size (CLIP towers), each graph against the reference variant's same graph."""
+    names = list(dict.fromkeys(c for v in report.variants for c in v.components))
+    if not names:
+        return []
+    ref = report.variant(report.reference)
+    header = ["variant"] + [h for n in names for h in (f"{n} precision", f"{n} median ms", f"{n} speed-up", f"{n} MB")]
+    rows = []
+    for v in report.variants:
+        row = [v.name]
+        for n in names:
+            c, r = v.components.get(n), ref.components.get(n) if ref else None
+            lat, ref_lat = (c.latency_ms if c else None), (r.latency_ms if r else None)
+            row += [c.precision if c else "-", f"{lat.median:.2f}" if lat else "-",
+                    f"{ref_lat.median / lat.median:.2f}x" if lat and ref_lat and lat.median > 0 else "-", f"{c.size_bytes / 1e6:.2f}" if c else "-"]
+        rows.append(row)
+    return ["## Per-graph latency and size", "", *_table(header, rows), ""]
+
+
 def render_markdown(report: Report) -> str:
     """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
     ref = report.variant(report.reference)
@@ -166,6 +185,7 @@ def render_markdown(report: Report) -> str:
     ]
     lines += ["## Runtime details", "", *_table(["variant", "throughput/s", "batch", "threads", "peak MB", "p99 ms", "sha256"], detail_rows), ""]
 
+    lines += component_lines(report)
     lines += ["## Engines", "", *engine_lines(report), ""]
 
     fid = [v for v in report.variants if v.fidelity]

@@ -1,0 +1,93 @@
+"""Per-graph builds for multi-graph families (the CLIP towers): the same backends, one graph at a time.
+
+A graph build takes the graph's FP32 ONNX and, for int8 targets, the shared ORT int8 ONNX (static Q/DQ or
+dynamic int8) and the graph's calibration feeds (OpenVINO calibrates with NNCF on the same samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.recipe import Recipe, TargetSpec
+from edgekit.runners.base import Runner
+
+
+@dataclass
+class GraphInputs:
+    """One graph of a run: its files and how its int8 form was made."""
+
+    name: str  # e.g. "vision"
+    fp32_onnx: Path
+    int8_onnx: Path | None  # ORT's int8 graph; None when the graph stays float in int8 targets
+    int8_mode: str  # static | dynamic | float
+    calibration_feeds: Callable[[], list[dict[str, np.ndarray]]] | None = None
+
+
+@dataclass
+class BuiltGraph:
+    path: Path | None
+    precision: str  # what this graph runs in within the target
+    make_runner: Callable[[], Runner] | None = None
+    files: list[Path] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    not_built: str | None = None
+
+
+def _onnxruntime(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
+    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+
+    int8 = target.precision == "int8" and graph.int8_onnx is not None
+    path = graph.int8_onnx if int8 else graph.fp32_onnx
+    threads = recipe.benchmark.threads
+    settings = {"execution_provider": "CPUExecutionProvider", "graph_optimization_level": "all", "intra_op_threads": threads}
+    return BuiltGraph(path, graph.int8_mode if int8 else "fp32", lambda: OnnxRuntimeRunner(path, threads=threads), [path], settings)
+
+
+def _openvino(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
+    from edgekit.backends.openvino import _VARIANTS, _auto_hint
+    from edgekit.backends.openvino_quant import quantize_openvino_transformer, save_ir_atomic
+    from edgekit.runners.openvino import OpenVinoRunner, import_openvino, read_model
+
+    spec = recipe.openvino
+    name, compress, hint = _VARIANTS[target.precision]
+    hint = _auto_hint(spec.device) if hint == "auto" else hint
+    folder = stage / "openvino"
+    folder.mkdir(exist_ok=True)
+    int8 = target.precision == "int8" and graph.int8_mode != "float"
+    xml = folder / f"{graph.name}_{name.removeprefix('model_')}" if int8 or target.precision == "fp16" else folder / f"{graph.name}_fp32.xml"
+    settings: dict[str, Any] = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
+    if int8:
+        feeds = graph.calibration_feeds() if graph.int8_mode == "static" and graph.calibration_feeds else None
+        settings["nncf"] = quantize_openvino_transformer(graph.fp32_onnx, xml, feeds, graph.int8_mode)
+    elif not xml.is_file():
+        read_model(graph.fp32_onnx)
+        save_ir_atomic(import_openvino().convert_model(str(graph.fp32_onnx)), xml, compress_to_fp16=compress)
+    threads = recipe.benchmark.threads
+
+    def make_runner() -> OpenVinoRunner:
+        return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
+
+    with make_runner() as runner:
+        settings["compiled"] = runner.settings
+    precision = graph.int8_mode if int8 else ("fp32" if target.precision == "int8" else target.precision)
+    return BuiltGraph(xml, precision, make_runner, [xml, xml.with_suffix(".bin")], settings)
+
+
+def _unsupported(reason: str) -> Callable[..., BuiltGraph]:
+    def build(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
+        return BuiltGraph(None, target.precision, not_built=reason)
+
+    return build
+
+
+GRAPH_BUILDERS: dict[str, Callable[[Recipe, Path, GraphInputs, TargetSpec], BuiltGraph]] = {
+    "onnxruntime": _onnxruntime,
+    "openvino": _openvino,
+    "tflite": _unsupported("LiteRT conversion of transformer towers is not wired up yet (edgekit converts YOLO only)"),
+    "tensorrt": _unsupported("TensorRT engines for transformer towers are not built by edgekit yet"),
+}

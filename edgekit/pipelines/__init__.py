@@ -1,0 +1,1 @@
+"""Family-specific jobs; ``edgekit.pipeline.run_recipe`` dispatches to them by ``model.family``."""
