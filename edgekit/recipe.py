@@ -167,6 +167,7 @@ class ClipSpec(_Strict):
     text_int8: Literal["dynamic", "static", "float"] = Field(
         "dynamic", description="text tower in int8 targets: dynamic int8 MatMuls (ORT; weight-only int8 on OpenVINO), static Q/DQ, or float"
     )
+    embedding_int8: bool = Field(True, description="int8 text towers also store the token embedding table as int8 rows (4x smaller)")
     smooth_quant: float | None = Field(None, gt=0, lt=1, description="SmoothQuant alpha: migrate activation outliers into LayerNorm-fed weights before static int8")
     context_length: int = Field(77, ge=8)
     text_calibration: TextCalibrationSpec | None = None

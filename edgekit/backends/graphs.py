@@ -26,6 +26,8 @@ class GraphInputs:
     int8_onnx: Path | None  # ORT's int8 graph; None when the graph stays float in int8 targets
     int8_mode: str  # static | dynamic | float
     calibration_feeds: Callable[[], list[dict[str, np.ndarray]]] | None = None
+    torch_module: Any = None  # the FP32 PyTorch module (LiteRT converts from PyTorch)
+    example_inputs: tuple = ()  # its example call arguments
 
 
 @dataclass

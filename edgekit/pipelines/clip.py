@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,7 @@ def export_stage(ctx: ClipContext) -> None:
             fused, results = run_passes(load_onnx(raw), names)
             save_onnx(fused, fp32, {"edgekit_version": edgekit.__version__, "precision": "fp32", "tower": tower.name})
         ctx.settings[f"export {tower.name}"] = {**r.export.model_dump(), "check": check.to_dict(), "passes": [res.__dict__ for res in results]}
-        ctx.graphs[tower.name] = GraphInputs(tower.name, fp32, None, "float")
+        ctx.graphs[tower.name] = GraphInputs(tower.name, fp32, None, "float", torch_module=ctx.modules[tower.name], example_inputs=family.example_inputs(tower.name))
 
 
 def _static_int8(ctx: ClipContext, tower: str, samples: list, preprocess) -> tuple[Path, dict]:
@@ -152,19 +152,30 @@ def quantize_stage(ctx: ClipContext) -> None:
     if c.vision_int8 == "static":
         with _Timer(ctx, "quantize vision"):
             path, settings = _static_int8(ctx, "vision", d.calib_images, family.image_feed)
-        ctx.graphs["vision"] = GraphInputs("vision", ctx.graphs["vision"].fp32_onnx, path, "static", lambda: [family.image_feed(p) for p in d.calib_images])
+        ctx.graphs["vision"] = replace(ctx.graphs["vision"], int8_onnx=path, int8_mode="static", calibration_feeds=lambda: [family.image_feed(p) for p in d.calib_images])
         ctx.settings["quantization vision"] = settings
     if c.text_int8 == "static":
         with _Timer(ctx, "quantize text"):
             path, settings = _static_int8(ctx, "text", d.calib_texts, lambda text: family.text_feed([text]))
-        ctx.graphs["text"] = GraphInputs("text", ctx.graphs["text"].fp32_onnx, path, "static", lambda: [family.text_feed([t]) for t in d.calib_texts])
+        ctx.graphs["text"] = replace(ctx.graphs["text"], int8_onnx=path, int8_mode="static", calibration_feeds=lambda: [family.text_feed([t]) for t in d.calib_texts])
         ctx.settings["quantization text"] = settings
     elif c.text_int8 == "dynamic":
         with _Timer(ctx, "quantize text"):
             path = ctx.stage / "text_int8.onnx"
             settings = quantize_dynamic_matmul(ctx.graphs["text"].fp32_onnx, path, keep_float=ctx.recipe.quantization.keep_float.nodes)
-        ctx.graphs["text"] = GraphInputs("text", ctx.graphs["text"].fp32_onnx, path, "dynamic")
+        ctx.graphs["text"] = replace(ctx.graphs["text"], int8_onnx=path, int8_mode="dynamic", calibration_feeds=lambda: [family.text_feed([t]) for t in d.calib_texts])
         ctx.settings["quantization text"] = settings
+    if c.text_int8 != "float" and c.embedding_int8:
+        _int8_embeddings(ctx, ctx.graphs["text"].int8_onnx)
+
+
+def _int8_embeddings(ctx: ClipContext, path: Path) -> None:
+    """The token embedding table as int8 rows (most of the text tower's bytes), in the int8 text graph."""
+    from edgekit.quantization.embedding import quantize_embedding_tables
+
+    model, settings = quantize_embedding_tables(load_onnx(path))
+    save_onnx(model, path, {"embedding_tables": json.dumps(settings, sort_keys=True)})
+    ctx.settings["quantization text"]["embedding_tables"] = settings
 
 
 def build_stage(ctx: ClipContext) -> None:

@@ -107,6 +107,15 @@ def engine_lines(report: Report) -> list[str]:
     return lines
 
 
+def _sha_text(sha: str | dict | None) -> str:
+    """First 12 hex digits of an artifact's sha256, or of each graph's (``vision abc… text def…``)."""
+    if not sha:
+        return "-"
+    if isinstance(sha, dict):
+        return " ".join(f"{k} `{str(h)[:12]}`" for k, h in sha.items() if h) or "-"
+    return f"`{str(sha)[:12]}`"
+
+
 def component_lines(report: Report) -> list[str]:
     """Per-graph latency and size (CLIP towers), each graph against the reference variant's same graph."""
     names = list(dict.fromkeys(c for v in report.variants for c in v.components))
@@ -180,7 +189,7 @@ def render_markdown(report: Report) -> str:
 
     detail_rows = [
         [v.name, _num(v.throughput_per_s, ".1f"), v.batch, v.threads if v.threads is not None else "-", _num(v.peak_memory_mb, ".0f"),
-         f"{v.latency_ms.p99:.2f}" if v.latency_ms else "-", f"`{str(v.manifest.get('artifact_sha256', ''))[:12]}`" if v.manifest.get("artifact_sha256") else "-"]
+         f"{v.latency_ms.p99:.2f}" if v.latency_ms else "-", _sha_text(v.manifest.get("artifact_sha256"))]
         for v in report.variants
     ]
     lines += ["## Runtime details", "", *_table(["variant", "throughput/s", "batch", "threads", "peak MB", "p99 ms", "sha256"], detail_rows), ""]
