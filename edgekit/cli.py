@@ -35,7 +35,7 @@ def export(
 
 def _print_variants(report) -> None:
     table = Table(title=f"edgekit: {report.recipe['name']}")
-    metrics = sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
+    metrics = list(report.budgets) or sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
     for col in ["variant", *metrics, "median ms", "p90 ms", "size MB", "budget"]:
         table.add_column(col)
     for v in report.variants:
@@ -44,7 +44,12 @@ def _print_variants(report) -> None:
         if v.status != "measured":
             table.add_row(v.name, *["-"] * len(metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", "not built")
             continue
-        table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], f"{lat.median:.2f}" if lat else "-", f"{lat.p90:.2f}" if lat else "-", f"{v.size_bytes / 1e6:.2f}", verdict)
+        if v.components:  # per graph: "vision 24.5 / text 4.8"
+            medians = " / ".join(f"{n} {c.latency_ms.median:.2f}" for n, c in v.components.items() if c.latency_ms)
+            p90s = " / ".join(f"{n} {c.latency_ms.p90:.2f}" for n, c in v.components.items() if c.latency_ms)
+        else:
+            medians, p90s = (f"{lat.median:.2f}", f"{lat.p90:.2f}") if lat else ("-", "-")
+        table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], medians, p90s, f"{v.size_bytes / 1e6:.2f}", verdict)
     console.print(table)
 
 
@@ -162,6 +167,30 @@ def build(
 
     for engine in build_from_run(run, precision):
         console.print(f"built {engine} (manifest {engine.name}.json)")
+
+
+@app.command("embed-labels")
+def embed_labels_(
+    run: Annotated[Path, typer.Argument(help="a CLIP run folder written by `edgekit export`")],
+    labels: Annotated[Path, typer.Option(help="text file, one class name per line")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the (classes, dim) float32 .npy")],
+    template: Annotated[Optional[list[str]], typer.Option(help="prompt template with '{}' (repeat to ensemble); default 'a photo of a {}.'")] = None,
+    target: Annotated[str, typer.Option(help="whose text tower encodes the prompts")] = "onnxruntime:fp32",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+) -> None:
+    """Zero-shot class embeddings for on-device classification: logits = image_embeds @ embeddings.T."""
+    import numpy as np
+
+    from edgekit.artifacts import atomic_path
+    from edgekit.models.clip.labels import embed_labels, read_labels
+
+    if out.exists() and not overwrite:
+        raise EdgekitError("output file already exists", out, "pass --overwrite, or choose another --out")
+    names = read_labels(labels)
+    embeddings = embed_labels(run, names, template, target)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, embeddings.astype(np.float32))
+    console.print(f"{out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} (float32, unit rows), from {target}'s text tower")
 
 
 @app.command()

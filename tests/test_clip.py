@@ -262,3 +262,23 @@ def test_clip_recipe_errors(tmp_path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(EdgekitError, match="templates"):
         load_recipe(path)
+
+
+def test_embed_labels_reproduces_the_run_class_embeddings(clip_run, tmp_path) -> None:
+    """`edgekit embed-labels` on the run's text tower gives the rows the run wrote for the same classes and templates."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    meta = json.loads((clip_run / "class_embeddings.json").read_text())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(meta["classes"][:5]) + "\n")
+    args = ["embed-labels", str(clip_run), "--labels", str(labels), "--out", str(tmp_path / "emb.npy")]
+    for template in meta["templates"]:
+        args += ["--template", template]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ours = np.load(tmp_path / "emb.npy")
+    assert ours.shape == (5, 512) and np.abs(ours - np.load(clip_run / "class_embeddings.npy")[:5]).max() < 1e-5
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
