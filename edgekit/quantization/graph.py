@@ -30,3 +30,10 @@ class GraphIndex:
 
     def array(self, name: str):
         return numpy_helper.to_array(self.initializers[name])
+
+
+def non_float_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes with a non-float input (shape and index arithmetic, masks as int/bool): never quantizable."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    return [n.name for n in model.graph.node if any(types.get(i, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT for i in n.input if i)]
