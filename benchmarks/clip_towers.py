@@ -7,8 +7,9 @@ CPU (ratios to FP32 of the same tower). Modes:
 
 * vision: ``static`` (edgekit: Q/DQ on the weight MatMuls), ``static + SmoothQuant``, ``full Q/DQ`` (every float op's
   inputs: MatMul, Add, Mul, Div, Softmax, LayerNormalization, Erf);
-* text: ``dynamic`` (edgekit default: ORT dynamic int8 MatMuls + int8 token table), ``dynamic per-channel``,
-  ``static`` (Q/DQ on the weight MatMuls, calibrated on captions), ``static + SmoothQuant``, ``full Q/DQ``.
+* text: ``dynamic per-channel`` (edgekit default: ORT dynamic int8 MatMuls + int8 token table), ``dynamic
+  per-tensor``, ``static`` (Q/DQ on the weight MatMuls, calibrated on captions), ``static + SmoothQuant``, ``full Q/DQ``;
+* both: FP32 and edgekit's int8 with ``fuse_attention`` (one ORT MultiHeadAttention per block).
 
     python benchmarks/clip_towers.py [--runs 50] [--out FILE]
 """
@@ -51,6 +52,7 @@ def static(model: onnx.ModelProto, samples: list, feed, placement: Placement, al
 
 def variants(ctx: ClipContext, work: Path) -> dict[str, dict[str, Path]]:
     from edgekit.quantization.dynamic import quantize_dynamic_matmul
+    from edgekit.passes import run_passes
     from edgekit.quantization.embedding import quantize_embedding_tables
 
     d, fam = ctx.data, ctx.family
@@ -62,10 +64,14 @@ def variants(ctx: ClipContext, work: Path) -> dict[str, dict[str, Path]]:
     for name, placement, alpha in [("static", TRANSFORMER_PLACEMENT, None), ("static + SmoothQuant 0.5", TRANSFORMER_PLACEMENT, 0.5), ("full Q/DQ", FULL, None)]:
         out["vision"][name] = save_onnx(static(vm, d.calib_images, image_feed, placement, alpha), work / f"vision_{len(out['vision'])}.onnx")
         out["text"][name] = save_onnx(static(tm, d.calib_texts, text_feed, placement, alpha), work / f"text_{len(out['text'])}.onnx")
-    for name, per_channel in [("dynamic + int8 table (edgekit default)", False), ("dynamic per-channel + int8 table", True)]:
+    for name, per_channel in [("dynamic per-tensor + int8 table", False), ("dynamic per-channel + int8 table (edgekit default)", True)]:
         path = work / f"text_dyn_{per_channel}.onnx"
         quantize_dynamic_matmul(t32, path, per_channel=per_channel)
         out["text"][name] = save_onnx(quantize_embedding_tables(onnx.load(path))[0], path)
+    for tower, base in (("vision", "static"), ("text", "dynamic per-channel + int8 table (edgekit default)")):  # ORT-only fused attention
+        for name in ("fp32", base):
+            fused, _ = run_passes(onnx.load(out[tower][name]), ["fuse_attention"])
+            out[tower][f"{name} + fused attention"] = save_onnx(fused, work / f"{tower}_{len(out[tower])}_mha.onnx")
     return out
 
 

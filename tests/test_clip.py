@@ -111,6 +111,27 @@ def test_fusions_we_rely_on(towers_onnx, tmp_path) -> None:
     assert text["Gelu"] == 3 and text["Erf"] == 0 and text["LayerNormalization"] + text["SkipLayerNormalization"] == 7
 
 
+def test_fuse_attention_matches_this_export(clip, towers_onnx, tmp_path) -> None:
+    """Our attention fusion turns every attention block of both towers into one MultiHeadAttention (ORT contrib op)
+    with the mask as attention bias, and the outputs stay equal."""
+    import onnxruntime as ort
+
+    from edgekit.passes import run_passes
+
+    family, _ = clip
+    feeds = {"vision": family.image_feed(sorted((COCO / "images").iterdir())[0]), "text": family.text_feed(_captions(3))}
+    for tower, blocks in (("vision", 10), ("text", 3)):
+        model = onnx.load(towers_onnx[tower])
+        fused, _ = run_passes(model, ["fuse_attention"])
+        ops = Counter(n.op_type for n in fused.graph.node)
+        assert ops["MultiHeadAttention"] == blocks and ops["Softmax"] == 0
+        a = ort.InferenceSession(model.SerializeToString()).run(None, feeds[tower])[0]
+        b = ort.InferenceSession(fused.SerializeToString()).run(None, feeds[tower])[0]
+        assert np.abs(a - b).max() < 1e-5, tower
+    masked = [n for n in fused.graph.node if n.op_type == "MultiHeadAttention"]
+    assert all(len(n.input) == 6 and n.input[5] for n in masked)  # the text tower's causal + padding mask
+
+
 def test_vision_int8_quantizes_weight_matmuls_only(clip, towers_onnx, tmp_path, calib_images) -> None:
     """Static Q/DQ on the 61 weight MatMuls (6 per block + projection), which ORT runs as MatMulIntegerToFloat;
     LayerNorm, Softmax, GELU, the attention MatMuls and the patch-embedding Conv stay float."""

@@ -17,6 +17,7 @@ from edgekit.passes import (  # noqa: E402,F401  isort: skip
     constant_folding,
     eliminate_identity,
     fuse_conv_bn,
+    fuse_attention,
     fuse_conv_mul_add,
     onnxslim_pass,
     remove_unused,
