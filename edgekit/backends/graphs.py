@@ -80,6 +80,12 @@ def _openvino(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpe
     return BuiltGraph(xml, precision, make_runner, [xml, xml.with_suffix(".bin")], settings)
 
 
+def _litert():
+    from edgekit.backends import litert_towers
+
+    return litert_towers
+
+
 def _unsupported(reason: str) -> Callable[..., BuiltGraph]:
     def build(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
         return BuiltGraph(None, target.precision, not_built=reason)
@@ -90,6 +96,6 @@ def _unsupported(reason: str) -> Callable[..., BuiltGraph]:
 GRAPH_BUILDERS: dict[str, Callable[[Recipe, Path, GraphInputs, TargetSpec], BuiltGraph]] = {
     "onnxruntime": _onnxruntime,
     "openvino": _openvino,
-    "tflite": _unsupported("LiteRT conversion of transformer towers is not wired up yet (edgekit converts YOLO only)"),
+    "tflite": lambda *args: _litert().build_tower(*args),
     "tensorrt": _unsupported("TensorRT engines for transformer towers are not built by edgekit yet"),
 }

@@ -182,7 +182,8 @@ def _int8_embeddings(ctx: ClipContext, path: Path) -> None:
 
 
 def build_stage(ctx: ClipContext) -> None:
-    for target in ctx.recipe.targets:
+    # LiteRT last: litert-torch loads JAX, whose threads make any later fork unsafe (OpenVINO/NNCF tooling forks)
+    for target in sorted(ctx.recipe.targets, key=lambda t: t.backend == "tflite"):
         with _Timer(ctx, f"build {target.name}"):
             ctx.builds[target.name] = {t.name: GRAPH_BUILDERS[target.backend](ctx.recipe, ctx.stage, ctx.graphs[t.name], target) for t in TOWERS}
         reasons = {b.not_built for b in ctx.builds[target.name].values() if b.not_built}

@@ -1,0 +1,163 @@
+"""LiteRT builds of the CLIP towers (``tflite:<precision>``): TinyCLIP-ViT-8M-16-Text-3M with random weights (seed 0),
+converted from PyTorch with litert-torch, quantized with ai-edge-quantizer, run by ai-edge-litert on real COCO
+images and captions, compared with the PyTorch towers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ASSETS, COCO
+
+pytest.importorskip("litert_torch", reason='litert-torch is not installed (pip install -e ".[tflite]"): no LiteRT conversion')
+pytest.importorskip("ai_edge_litert", reason='ai-edge-litert is not installed (pip install -e ".[tflite]")')
+pytest.importorskip("ai_edge_quantizer", reason='ai-edge-quantizer is not installed (pip install -e ".[tflite]")')
+
+CONFIG = ASSETS / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
+BPE = ASSETS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+CAPTIONS = COCO / "annotations" / "captions_val2017_subset.json"
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+MIN_COSINE = {"fp32": 0.9999, "fp16": 0.9999, "dynamic": 0.99, "int8": 0.99}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from edgekit.models.clip.family import ClipFamily
+
+    family = ClipFamily()
+    model = family.load(None, str(CONFIG), str(BPE), seed=0)
+    return family, family.modules(model)
+
+
+@pytest.fixture(scope="module")
+def graphs(clip):
+    from edgekit.backends.graphs import GraphInputs
+
+    family, modules = clip
+    calib = sorted((COCO / "calib_images").iterdir())[:8]
+    texts = _captions(32)
+    return {
+        "vision": GraphInputs("vision", Path("unused.onnx"), None, "static", calibration_feeds=lambda: [family.image_feed(p) for p in calib],
+                              torch_module=modules["vision"], example_inputs=family.example_inputs("vision")),
+        "text": GraphInputs("text", Path("unused.onnx"), None, "dynamic", calibration_feeds=lambda: [family.text_feed([t]) for t in texts],
+                            torch_module=modules["text"], example_inputs=family.example_inputs("text")),
+    }
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    from edgekit.recipe import Recipe
+
+    return Recipe.model_validate({"name": "clip-litert", "model": {"family": "clip", "config": str(CONFIG), "tokenizer": str(BPE)}, "targets": ["tflite:fp32"], "benchmark": {"threads": 2}})
+
+
+@pytest.fixture(scope="module")
+def built(recipe, graphs, tmp_path_factory):
+    """Every tflite precision of both towers, built as the CLIP job builds them (one stage, fp32 converted once)."""
+    from edgekit.backends.litert_towers import build_tower
+    from edgekit.recipe import TargetSpec
+
+    stage = tmp_path_factory.mktemp("clip-tflite")
+    return {(p, name): build_tower(recipe, stage, graphs[name], TargetSpec(backend="tflite", precision=p)) for p in PRECISIONS for name in ("vision", "text")}
+
+
+@pytest.fixture(scope="module")
+def reference(clip):
+    """4 real images and 8 real captions (trimmed to the longest), and the PyTorch embeddings."""
+    family, modules = clip
+    pixels = np.concatenate([family.image_feed(p)["pixel_values"] for p in sorted((COCO / "images").iterdir())[:4]])
+    feed = family.text_feed(_captions(8))
+    with torch.no_grad():
+        image = modules["vision"](torch.from_numpy(pixels)).numpy()
+        text = modules["text"](*[torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask")]).numpy()
+    return pixels, feed, image, text
+
+
+def _captions(n: int) -> list[str]:
+    return [a["caption"].strip() for a in json.loads(CAPTIONS.read_text())["annotations"][:n]]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_towers_match_pytorch(built, reference, precision) -> None:
+    """Batches of 4 images and 8 captions (the graphs have batch 1: the runner runs rows), text trimmed below 77."""
+    pixels, feed, image_ref, text_ref = reference
+    assert feed["input_ids"].shape[1] < 77 and feed["input_ids"].dtype == np.int64
+    for tower, ref, run_feed, output in (("vision", image_ref, {"pixel_values": pixels}, "image_embeds"), ("text", text_ref, feed, "text_embeds")):
+        graph = built[(precision, tower)]
+        assert graph.not_built is None and graph.path.is_file(), graph.not_built
+        with graph.make_runner() as runner:
+            ours = runner.infer(run_feed)[output]
+        assert ours.shape == ref.shape and ours.dtype == np.float32
+        cosine = np.sum(ours * ref, axis=1) / np.linalg.norm(ours, axis=1)
+        assert cosine.min() > MIN_COSINE[precision], (precision, tower, cosine)
+        assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-3)
+        if precision == "fp32":
+            assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_precisions_and_settings(built) -> None:
+    """What each build runs in, and what it records: converter input shapes, quantizer recipe, I/O dtypes."""
+    assert {(p, t): b.precision for (p, t), b in built.items()} == {
+        ("fp32", "vision"): "fp32", ("fp32", "text"): "fp32", ("fp16", "vision"): "fp16", ("fp16", "text"): "fp16",
+        ("dynamic", "vision"): "dynamic", ("dynamic", "text"): "dynamic", ("int8", "vision"): "static", ("int8", "text"): "dynamic",
+    }
+    vision, text = built[("int8", "vision")].settings, built[("int8", "text")].settings
+    assert vision["converter"]["input_shapes"] == {"pixel_values": [1, 224, 224, 3]}
+    assert text["converter"]["input_shapes"] == {"input_ids": [1, 77], "attention_mask": [1, 77]}
+    assert vision["interpreter"]["io_dtypes"] == {"pixel_values": "float32", "image_embeds": "float32"}
+    assert text["interpreter"]["io_dtypes"] == {"input_ids": "int32", "attention_mask": "int32", "text_embeds": "float32"}
+    assert vision["interpreter"]["input_shapes"] == {"pixel_values": [1, 3, 224, 224]}  # the contract's NCHW
+    # 6 weight ops per block x 10 blocks + the projection: static, except the 10 attention out_proj (dynamic)
+    assert vision["quantization"]["fully_connected"] == {"static": 51, "dynamic": 10, "float": 0}
+    assert vision["quantization"]["calibration"]["samples"] == 8 and vision["quantization"]["quantization_recipe"]
+    assert text["quantization"]["fully_connected"] == {"static": 0, "dynamic": 19, "float": 0}
+    size = {k: b.path.stat().st_size for k, b in built.items()}
+    assert size[("fp16", "vision")] < 0.55 * size[("fp32", "vision")] and size[("int8", "vision")] < 0.32 * size[("fp32", "vision")]
+    assert size[("dynamic", "text")] < 0.3 * size[("fp32", "text")]  # int8 matrices and the int8 token table
+    assert built[("int8", "text")].path == built[("dynamic", "text")].path  # one dynamic text graph serves both targets
+
+
+def test_trimmed_and_single_row_text_feeds(built, clip) -> None:
+    """Padding a trimmed batch back to 77 gives the full-length embeddings; a row alone gives its row of the batch."""
+    family, _ = clip
+    texts = _captions(12)[4:]
+    with built[("fp32", "text")].make_runner() as runner:
+        full = runner.infer(family.text_feed(texts, trim=False))["text_embeds"]
+        trimmed = runner.infer(family.text_feed(texts))["text_embeds"]
+        alone = runner.infer(family.text_feed(texts[:1]))["text_embeds"]
+    assert family.text_feed(texts)["input_ids"].shape[1] < 77
+    assert np.abs(full - trimmed).max() < 1e-6 and np.abs(alone[0] - full[0]).max() < 1e-6
+
+
+def test_generic_runner_reads_the_names_from_the_file(built, reference) -> None:
+    """`runner_for_file` on a tower (as `edgekit bench` / `embed-labels` open it) gets the contract's names, int64
+    token inputs and padding from the ``.tflite`` signature alone."""
+    from edgekit.runners import runner_for_file
+
+    _, feed, _, text_ref = reference
+    with runner_for_file(built[("fp32", "text")].path) as runner:
+        assert [(m.name, m.shape, m.dtype) for m in runner.inputs] == [("input_ids", (1, 77), np.int64), ("attention_mask", (1, 77), np.int64)]
+        assert runner.output_names == ["text_embeds"] and runner.pad_sequences
+        assert np.abs(runner.infer(feed)["text_embeds"] - text_ref).max() < 1e-4
+    with runner_for_file(built[("fp32", "vision")].path) as runner:
+        assert [(m.name, m.shape) for m in runner.inputs] == [("pixel_values", (1, 3, 224, 224))] and runner.output_names == ["image_embeds"]
+
+
+def test_a_tower_that_cannot_convert_is_not_built(recipe, graphs, tmp_path) -> None:
+    from dataclasses import replace
+
+    from edgekit.backends.litert_towers import build_tower
+    from edgekit.recipe import TargetSpec
+
+    class Unsupported(torch.nn.Module):
+        def forward(self, pixel_values):
+            raise NotImplementedError("an op litert-torch cannot lower")
+
+    graph = replace(graphs["vision"], torch_module=Unsupported())
+    built = build_tower(recipe, tmp_path, graph, TargetSpec(backend="tflite", precision="fp32"))
+    assert built.path is None and built.make_runner is None
+    assert built.not_built.startswith("litert-torch cannot convert the vision tower (NotImplementedError: an op litert-torch cannot lower")
