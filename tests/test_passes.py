@@ -17,7 +17,7 @@ from edgekit.passes import GraphPass, PassResult, available_passes, get_pass, re
 from edgekit.recipe import ExportSpec
 
 ALL_PASSES = [
-    "constant_folding", "eliminate_identity", "fuse_conv_affine", "fuse_conv_bn", "infer_shapes", "onnxslim", "remove_unused",
+    "constant_folding", "eliminate_identity", "fuse_attention", "fuse_conv_affine", "fuse_conv_bn", "infer_shapes", "onnxslim", "remove_unused",
 ]
 
 
