@@ -14,6 +14,9 @@ COCO = ASSETS / "coco_val2017_subset"
 WEIGHTS_ST = ASSETS / "yolo" / "yolov5n.safetensors"
 WEIGHTS_PT = ASSETS / "yolo" / "yolov5n.pt"
 ANNOTATIONS = COCO / "annotations" / "instances_val2017_subset.json"
+CAPTIONS = COCO / "annotations" / "captions_val2017_subset.json"
+TINYCLIP_CONFIG = ASSETS / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
+CLIP_BPE = ASSETS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -64,6 +67,23 @@ def calib_images() -> list[Path]:
 @pytest.fixture(scope="session")
 def eval_images() -> list[Path]:
     return sorted((COCO / "images").iterdir())
+
+
+@pytest.fixture(scope="session")
+def clip():
+    """(family, towers) of TinyCLIP-ViT-8M-16-Text-3M with seed-0 random weights and the real CLIP tokenizer."""
+    from edgekit.models.clip.family import ClipFamily
+
+    family = ClipFamily()
+    model = family.load(None, str(TINYCLIP_CONFIG), str(CLIP_BPE), seed=0)
+    return family, family.modules(model)
+
+
+def captions(n: int) -> list[str]:
+    """The first ``n`` COCO captions of the assets (by annotation id), stripped."""
+    import json
+
+    return [a["caption"].strip() for a in json.loads(CAPTIONS.read_text())["annotations"][:n]]
 
 
 def stand_in_trtexec(bin_dir: Path, body: str) -> str:

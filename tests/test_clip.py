@@ -13,21 +13,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ASSETS, COCO, REPO
+from conftest import COCO, REPO, captions
 
-CONFIG = ASSETS / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
-BPE = ASSETS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-CAPTIONS = COCO / "annotations" / "captions_val2017_subset.json"
-
-
-@pytest.fixture(scope="module")
-def clip():
-    """(family, towers) of TinyCLIP with seed-0 random weights."""
-    from edgekit.models.clip.family import ClipFamily
-
-    family = ClipFamily()
-    model = family.load(None, str(CONFIG), str(BPE), seed=0)
-    return family, family.modules(model)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +35,6 @@ def towers_onnx(clip, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _captions(n: int) -> list[str]:
-    return [a["caption"].strip() for a in json.loads(CAPTIONS.read_text())["annotations"][:n]]
-
-
 def test_tinyclip_architecture_from_config(clip) -> None:
     family, modules = clip
     vision = sum(p.numel() for p in modules["vision"].vision_model.parameters())
@@ -70,7 +53,7 @@ def test_towers_match_pytorch_at_dynamic_batch_and_sequence(clip, towers_onnx) -
         ref = modules["vision"](torch.from_numpy(pixels)).numpy()
     assert ours.shape == (3, 512) and np.abs(ours - ref).max() < 1e-4
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
-    for texts in (_captions(5), ["a dog"], _captions(2)):
+    for texts in (captions(5), ["a dog"], captions(2)):
         feed = family.text_feed(texts)  # trimmed to the longest caption: the sequence axis varies
         with OnnxRuntimeRunner(towers_onnx["text"]) as runner, torch.no_grad():
             ours = runner.infer(feed)["text_embeds"]
@@ -82,7 +65,7 @@ def test_trimmed_padding_does_not_change_text_embeddings(clip, towers_onnx) -> N
     from edgekit.runners.onnxruntime import OnnxRuntimeRunner
 
     family, _ = clip
-    texts = _captions(4)
+    texts = captions(4)
     with OnnxRuntimeRunner(towers_onnx["text"]) as runner:
         full = runner.infer(family.text_feed(texts, trim=False))["text_embeds"]
         trimmed = runner.infer(family.text_feed(texts))["text_embeds"]
@@ -119,7 +102,7 @@ def test_fuse_attention_matches_this_export(clip, towers_onnx, tmp_path) -> None
     from edgekit.passes import run_passes
 
     family, _ = clip
-    feeds = {"vision": family.image_feed(sorted((COCO / "images").iterdir())[0]), "text": family.text_feed(_captions(3))}
+    feeds = {"vision": family.image_feed(sorted((COCO / "images").iterdir())[0]), "text": family.text_feed(captions(3))}
     for tower, blocks in (("vision", 10), ("text", 3)):
         model = onnx.load(towers_onnx[tower])
         fused, _ = run_passes(model, ["fuse_attention"])
@@ -170,7 +153,7 @@ def test_int8_embedding_table(clip, towers_onnx) -> None:
     assert settings["tables"] == ["text_model.embeddings.token_embedding.weight"]
     assert len(quantized.SerializeToString()) < 0.4 * len(model.SerializeToString())  # the 50 MB table -> 12.6 MB; 10 MB of float MatMuls remain
     assert {n.domain for n in quantized.graph.node} <= {""}
-    feed = family.text_feed(_captions(16))
+    feed = family.text_feed(captions(16))
     a = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
     b = ort.InferenceSession(quantized.SerializeToString()).run(None, feed)[0]
     assert np.sum(a * b, axis=1).min() > 0.999

@@ -19,11 +19,7 @@ from edgekit.errors import EdgekitError
 from edgekit.models.clip.checkpoint import load_clip
 from edgekit.models.clip.open_clip import config_from_open_clip, state_dict_from_open_clip
 
-TINY_CONFIG = Path("/work/shared/assets/clip_tokenizer/TinyCLIP-ViT-8M-16-Text-3M.config.json")
-if not TINY_CONFIG.is_file():
-    from edgekit.assets import assets_dir
-
-    TINY_CONFIG = assets_dir() / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
+from conftest import TINYCLIP_CONFIG as TINY_CONFIG
 
 EOT = 49407
 # Small but shaped to expose mistakes: text width != vision width != embed dim, several heads, head width 16 / 12.

@@ -4,33 +4,20 @@ images and captions, compared with the PyTorch towers."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ASSETS, COCO
+from conftest import CLIP_BPE as BPE, COCO, TINYCLIP_CONFIG as CONFIG, captions
 
 pytest.importorskip("litert_torch", reason='litert-torch is not installed (pip install -e ".[tflite]"): no LiteRT conversion')
 pytest.importorskip("ai_edge_litert", reason='ai-edge-litert is not installed (pip install -e ".[tflite]")')
 pytest.importorskip("ai_edge_quantizer", reason='ai-edge-quantizer is not installed (pip install -e ".[tflite]")')
 
-CONFIG = ASSETS / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
-BPE = ASSETS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-CAPTIONS = COCO / "annotations" / "captions_val2017_subset.json"
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.9999, "dynamic": 0.99, "int8": 0.99}
-
-
-@pytest.fixture(scope="module")
-def clip():
-    from edgekit.models.clip.family import ClipFamily
-
-    family = ClipFamily()
-    model = family.load(None, str(CONFIG), str(BPE), seed=0)
-    return family, family.modules(model)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +26,7 @@ def graphs(clip):
 
     family, modules = clip
     calib = sorted((COCO / "calib_images").iterdir())[:8]
-    texts = _captions(32)
+    texts = captions(32)
     return {
         "vision": GraphInputs("vision", Path("unused.onnx"), None, "static", calibration_feeds=lambda: [family.image_feed(p) for p in calib],
                               torch_module=modules["vision"], example_inputs=family.example_inputs("vision")),
@@ -70,15 +57,11 @@ def reference(clip):
     """4 real images and 8 real captions (trimmed to the longest), and the PyTorch embeddings."""
     family, modules = clip
     pixels = np.concatenate([family.image_feed(p)["pixel_values"] for p in sorted((COCO / "images").iterdir())[:4]])
-    feed = family.text_feed(_captions(8))
+    feed = family.text_feed(captions(8))
     with torch.no_grad():
         image = modules["vision"](torch.from_numpy(pixels)).numpy()
         text = modules["text"](*[torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask")]).numpy()
     return pixels, feed, image, text
-
-
-def _captions(n: int) -> list[str]:
-    return [a["caption"].strip() for a in json.loads(CAPTIONS.read_text())["annotations"][:n]]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -124,7 +107,7 @@ def test_precisions_and_settings(built) -> None:
 def test_trimmed_and_single_row_text_feeds(built, clip) -> None:
     """Padding a trimmed batch back to 77 gives the full-length embeddings; a row alone gives its row of the batch."""
     family, _ = clip
-    texts = _captions(12)[4:]
+    texts = captions(12)[4:]
     with built[("fp32", "text")].make_runner() as runner:
         full = runner.infer(family.text_feed(texts, trim=False))["text_embeds"]
         trimmed = runner.infer(family.text_feed(texts))["text_embeds"]
