@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from edgekit.errors import EdgekitError
+from edgekit.models.pickled import STORAGE_DTYPES, Record, record_class
 from edgekit.models.clip.open_clip import check_clip_state_dict, config_from_open_clip, state_dict_from_open_clip
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -126,30 +127,6 @@ def _read_pickle(path: Path) -> Any:
         raise EdgekitError(f"cannot read PyTorch checkpoint ({type(exc).__name__}: {exc})"[:300], path, "re-download the weights (the file may be truncated)") from exc
 
 
-class _Record:
-    """An inert stand-in for a TorchScript object (``__torch__.*``): only its pickled attribute dict is kept."""
-
-    def __init__(self, *_: Any) -> None:
-        self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-_STORAGE_DTYPES = {
-    "HalfStorage": torch.float16,
-    "FloatStorage": torch.float32,
-    "DoubleStorage": torch.float64,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
     return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
 
@@ -178,10 +155,10 @@ class _TorchScriptUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _TS_ALLOWED:
             return _TS_ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
         if module == "__torch__" or module.startswith("__torch__."):
-            return type(f"{module}.{name}", (_Record,), {})
+            return record_class(f"{module}.{name}")
         raise pickle.UnpicklingError(f"refusing {module}.{name}")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
@@ -192,13 +169,13 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
 
 def _record_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor], depth: int = 0) -> None:
-    state = node.state if isinstance(node, _Record) else None
+    state = node.state if isinstance(node, Record) else None
     if not isinstance(state, dict) or depth > 64:
         return
     for name, value in state.items():
         if isinstance(value, torch.Tensor):
             out[f"{prefix}{name}"] = value
-        elif isinstance(value, _Record):
+        elif isinstance(value, Record):
             _record_tensors(value, f"{prefix}{name}.", out, depth + 1)
 
 

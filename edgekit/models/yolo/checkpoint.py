@@ -19,19 +19,7 @@ from typing import Any
 import torch
 
 from edgekit.errors import EdgekitError
-
-_STORAGE_DTYPES = {
-    "HalfStorage": torch.float16,
-    "FloatStorage": torch.float32,
-    "DoubleStorage": torch.float64,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
+from edgekit.models.pickled import STORAGE_DTYPES, Record, record_class
 
 
 @dataclass
@@ -42,29 +30,6 @@ class Checkpoint:
     architecture: dict[str, Any]
     names: list[str] = field(default_factory=list)
     source: Path | None = None
-
-
-class _Record:
-    """An inert stand-in for any pickled object whose class is not on the allow-list."""
-
-    __qualified__ = "record"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __getattr__(self, name: str) -> Any:  # only called for missing attributes
-        state = self.__dict__.get("state")
-        if isinstance(state, dict) and name in state:
-            return state[name]
-        raise AttributeError(name)
-
-
-def _record_class(qualname: str) -> type:
-    return type(qualname.replace(".", "_"), (_Record,), {"__qualified__": qualname})
 
 
 class _Storage:
@@ -82,7 +47,7 @@ def _rebuild_parameter(data: torch.Tensor, *_: Any) -> torch.Tensor:
 
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
-    if isinstance(cls, type) and issubclass(cls, _Record):
+    if isinstance(cls, type) and issubclass(cls, Record):
         return cls()
     raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}")
 
@@ -110,9 +75,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        return _record_class(f"{module}.{name}")
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        return record_class(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
@@ -124,7 +89,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _module_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
     """Walk a pickled nn.Module tree (as records) and collect parameters and buffers."""
-    state = node.state if isinstance(node, _Record) else None
+    state = node.state if isinstance(node, Record) else None
     if not isinstance(state, dict):
         return
     for kind in ("_parameters", "_buffers"):
@@ -150,7 +115,7 @@ def _read_pt(path: Path) -> Checkpoint:
         except Exception as exc:
             raise EdgekitError(f"cannot read checkpoint ({type(exc).__name__}: {exc})"[:300], path, "re-download the weights") from exc
     model = obj.get("ema") or obj.get("model") if isinstance(obj, dict) else obj
-    if not isinstance(model, _Record) or not isinstance(model.state, dict):
+    if not isinstance(model, Record) or not isinstance(model.state, dict):
         raise EdgekitError("checkpoint holds no model", path, "pass an Ultralytics YOLO .pt or a .safetensors file")
     state_dict: dict[str, torch.Tensor] = {}
     _module_tensors(model, "", state_dict)
