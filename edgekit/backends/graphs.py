@@ -51,31 +51,24 @@ def _onnxruntime(recipe: Recipe, stage: Path, graph: GraphInputs, target: Target
 
 
 def _openvino(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
-    from edgekit.backends.openvino import _VARIANTS, _auto_hint
-    from edgekit.backends.openvino_quant import quantize_openvino_transformer, save_ir_atomic
-    from edgekit.runners.openvino import OpenVinoRunner, import_openvino, read_model
+    from edgekit.backends.openvino import VARIANTS, compiled_runner, convert_float_ir, precision_hint
+    from edgekit.backends.openvino_quant import quantize_openvino_transformer
 
     spec = recipe.openvino
-    name, compress, hint = _VARIANTS[target.precision]
-    hint = _auto_hint(spec.device) if hint == "auto" else hint
+    int8 = target.precision == "int8" and graph.int8_mode != "float"
+    name, compress, _ = VARIANTS[target.precision]
+    hint = precision_hint(target.precision, spec.device)
     folder = stage / "openvino"
     folder.mkdir(exist_ok=True)
-    int8 = target.precision == "int8" and graph.int8_mode != "float"
-    xml = folder / f"{graph.name}_{name.removeprefix('model_')}" if int8 or target.precision == "fp16" else folder / f"{graph.name}_fp32.xml"
+    ir_name = "model_fp32.xml" if target.precision == "int8" and not int8 else name  # a float tower in an int8 target
+    xml = folder / ir_name.replace("model", graph.name, 1)
     settings: dict[str, Any] = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
     if int8:
         feeds = graph.calibration_feeds() if graph.int8_mode == "static" and graph.calibration_feeds else None
         settings["nncf"] = quantize_openvino_transformer(graph.fp32_onnx, xml, feeds, graph.int8_mode)
-    elif not xml.is_file():
-        read_model(graph.fp32_onnx)
-        save_ir_atomic(import_openvino().convert_model(str(graph.fp32_onnx)), xml, compress_to_fp16=compress)
-    threads = recipe.benchmark.threads
-
-    def make_runner() -> OpenVinoRunner:
-        return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
-
-    with make_runner() as runner:
-        settings["compiled"] = runner.settings
+    else:
+        convert_float_ir(graph.fp32_onnx, xml, compress)
+    make_runner, settings["compiled"] = compiled_runner(xml, recipe.benchmark.threads, hint, spec.device)
     precision = graph.int8_mode if int8 else ("fp32" if target.precision == "int8" else target.precision)
     return BuiltGraph(xml, precision, make_runner, [xml, xml.with_suffix(".bin")], settings)
 

@@ -11,12 +11,39 @@ from edgekit.errors import EdgekitError
 from edgekit.recipe import TargetSpec
 
 # target precision -> (IR file, compress weights to fp16, compile-time INFERENCE_PRECISION_HINT)
-_VARIANTS = {
+VARIANTS = {
     "fp32": ("model_fp32.xml", False, "f32"),
     "bf16": ("model_fp32.xml", False, "bf16"),
     "fp16": ("model_fp16.xml", True, "f16"),
     "int8": ("model_int8.xml", False, "auto"),  # float parts (the head): bf16 where the device has it, else f32
 }
+
+
+def precision_hint(precision: str, device: str) -> str:
+    """The compile-time precision hint of a target precision on ``device`` (``auto`` resolved)."""
+    hint = VARIANTS[precision][2]
+    return _auto_hint(device) if hint == "auto" else hint
+
+
+def convert_float_ir(fp32_onnx, xml, compress_to_fp16: bool) -> None:
+    """The float IR of ``fp32_onnx`` at ``xml`` (written once per run: fp32 and bf16 targets share it)."""
+    from edgekit.backends.openvino_quant import save_ir_atomic
+    from edgekit.runners.openvino import import_openvino, read_model
+
+    if not xml.is_file():
+        read_model(fp32_onnx)  # one-line error for a missing/corrupt model
+        save_ir_atomic(import_openvino().convert_model(str(fp32_onnx)), xml, compress_to_fp16=compress_to_fp16)
+
+
+def compiled_runner(xml, threads: int, hint: str, device: str):
+    """``(make_runner, compiled properties read back)`` for an IR: the report states what actually ran."""
+    from edgekit.runners.openvino import OpenVinoRunner
+
+    def make_runner() -> OpenVinoRunner:
+        return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=device)
+
+    with make_runner() as runner:
+        return make_runner, runner.settings
 
 
 def _auto_hint(device: str) -> str:
@@ -44,12 +71,11 @@ def _float_nodes(inputs: BuildInputs) -> list[str]:
 
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control, save_ir_atomic
-    from edgekit.runners.openvino import OpenVinoRunner, import_openvino, read_model
+    from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control
 
     r, spec = inputs.recipe, inputs.recipe.openvino
-    name, compress, hint = _VARIANTS[target.precision]
-    hint = _auto_hint(spec.device) if hint == "auto" else hint
+    name, compress, _ = VARIANTS[target.precision]
+    hint = precision_hint(target.precision, spec.device)
     folder = inputs.stage / "openvino"
     folder.mkdir(exist_ok=True)
     xml = folder / (name.replace("int8", "int8_ac") if target.accuracy_control else name)
@@ -72,16 +98,9 @@ def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
             settings["nncf"]["accuracy_control"] = {"metric": "mAP50-95", "max_drop": max_drop, "max_images": spec.accuracy_control_max_images}
         else:
             quantize_openvino(inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, preset=spec.preset)
-    elif not xml.is_file():
-        read_model(inputs.fp32_onnx)  # one-line error for a missing/corrupt model
-        save_ir_atomic(import_openvino().convert_model(str(inputs.fp32_onnx)), xml, compress_to_fp16=compress)
-    threads = r.benchmark.threads
-
-    def make_runner() -> OpenVinoRunner:
-        return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
-
-    with make_runner() as runner:
-        settings["compiled"] = runner.settings
+    else:
+        convert_float_ir(inputs.fp32_onnx, xml, compress)
+    make_runner, settings["compiled"] = compiled_runner(xml, r.benchmark.threads, hint, spec.device)
     notes = []
     if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
         notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
