@@ -28,6 +28,7 @@ def read_labels(path: str | Path) -> list[str]:
 def embed_labels(run: str | Path, labels: list[str], templates: list[str] | None = None, target: str = "onnxruntime:fp32") -> np.ndarray:
     """(C, E) unit-length class embeddings (OpenAI's prompt ensembling) from ``target``'s text tower in ``run``."""
     from edgekit.evaluators.zero_shot import class_embeddings
+    from edgekit.models.clip.family import ClipFamily
     from edgekit.models.clip.tokenizer import load_tokenizer
     from edgekit.reports import load_report
     from edgekit.runners import runner_for_file
@@ -44,10 +45,6 @@ def embed_labels(run: str | Path, labels: list[str], templates: list[str] | None
     templates = list(templates or DEFAULT_TEMPLATES)
     if any("{}" not in t for t in templates):
         raise EdgekitError("every template needs one '{}' for the class name", fix="e.g. --template 'a photo of a {}.'")
+    family = ClipFamily(context_length=context, tokenizer=tokenizer)
     with runner_for_file(run / variant.components["text"].model_path) as runner:
-        def encode(texts: list[str]) -> np.ndarray:
-            feed = tokenizer(texts)
-            length = max(int(feed["attention_mask"].sum(axis=1).max()), 1)
-            return runner.infer({k: np.ascontiguousarray(v[:, :length]) for k, v in feed.items()})["text_embeds"]
-
-        return class_embeddings(encode, labels, templates, batch_size=64)
+        return class_embeddings(lambda texts: runner.infer(family.text_feed(texts))["text_embeds"], labels, templates, batch_size=64)
