@@ -107,7 +107,7 @@ class FuseAttention(GraphPass):
     description = "scaled dot-product attention -> com.microsoft.MultiHeadAttention (ONNX Runtime targets only)"
 
     class Config(GraphPass.Config):
-        hidden_size: int | None = None  # q width; read from the q projection weight when None
+        hidden_size: int | None = None  # q width; from ONNX shape inference when None
 
     def transform(self, model: onnx.ModelProto) -> onnx.ModelProto:
         g = model.graph
@@ -116,13 +116,14 @@ class FuseAttention(GraphPass):
         if not found:
             return model
         replaced = {f["output"]: f for f in found}
+        widths = {} if self.config.hidden_size else self._widths(model, {f["q"] for f in found})
         nodes = []
         for node in g.node:
             hit = next((replaced[o] for o in node.output if o in replaced), None)
             if hit is None:
                 nodes.append(node)
                 continue
-            hidden = self.config.hidden_size or self._width(m, hit["q"])
+            hidden = self.config.hidden_size or widths[hit["q"]]
             inputs = [hit["q"], hit["k"], hit["v"], "", "", hit["mask"] or ""]
             while inputs and not inputs[-1]:
                 inputs.pop()
@@ -138,15 +139,16 @@ class FuseAttention(GraphPass):
         return RemoveUnused().transform(model)
 
     @staticmethod
-    def _width(m: _Matcher, q: str) -> int:
-        """The last (hidden) dimension of the q projection, from ONNX shape inference."""
-        model = onnx.ModelProto(graph=m.g, opset_import=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
+    def _widths(model: onnx.ModelProto, tensors: set[str]) -> dict[str, int]:
+        """The last (hidden) dimension of each q tensor, from one ONNX shape inference of the model."""
+        widths = {}
         for value in onnx.shape_inference.infer_shapes(model).graph.value_info:
-            if value.name == q:
-                dims = value.type.tensor_type.shape.dim
-                if dims and dims[-1].HasField("dim_value"):
-                    return int(dims[-1].dim_value)
-        raise ValueError("fuse_attention: cannot read the hidden size; set the pass option hidden_size")
+            dims = value.type.tensor_type.shape.dim
+            if value.name in tensors and dims and dims[-1].HasField("dim_value"):
+                widths[value.name] = int(dims[-1].dim_value)
+        if missing := tensors - set(widths):
+            raise ValueError(f"fuse_attention: cannot read the hidden size of {sorted(missing)[0]}; set the pass option hidden_size")
+        return widths
 
     @staticmethod
     def _topological(nodes: list[onnx.NodeProto], g: onnx.GraphProto) -> list[onnx.NodeProto]:
