@@ -1,30 +1,91 @@
-"""Greedy generation over the exported graphs (embed, vision, decoder with KV cache), outputs bound by name."""
+"""Greedy generation over the exported graphs (embed, vision, decoder with KV cache), outputs bound by name.
+
+The decoder graph serves both phases: prefill (the whole prompt, empty past) and decode (one token, the cache so
+far). Time to first token covers embedding, vision and prefill; decode speed covers the later steps only.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgekit.models.vlm.graphs import CacheLayout
 
 
-def greedy_generate(runners: dict, layout: CacheLayout, input_ids: np.ndarray, image_token_id: int, pixel_values: np.ndarray | None, max_new_tokens: int, eos_token_id: int | None = None) -> list[int]:
-    """Tokens after ``input_ids`` (batch 1): image features replace the image tokens, then one decoder call per token."""
+@dataclass
+class Generation:
+    tokens: list[int]
+    ttft_s: float
+    decode_s: float  # all decode steps after the first token
+    logits: np.ndarray | None = None  # (steps, vocab) float32 last-position logits, when kept
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = len(self.tokens) - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else float("nan")
+
+
+def prompt_embeddings(runners: dict, input_ids: np.ndarray, image_token_id: int, pixel_values: np.ndarray | None) -> np.ndarray:
+    """Token embeddings of the prompt with the image features in the image-token slots (batch 1)."""
     embeds = runners["embed"].infer({"input_ids": input_ids})["inputs_embeds"]
-    if pixel_values is not None:
+    slots = input_ids[0] == image_token_id
+    if pixel_values is not None and slots.any():
         features = runners["vision"].infer({"pixel_values": pixel_values})["image_features"]
-        slots = input_ids[0] == image_token_id
-        embeds[0, slots] = features.reshape(-1, features.shape[-1])[: int(slots.sum())]
+        features = features.reshape(-1, features.shape[-1])
+        if features.shape[0] != int(slots.sum()):
+            raise ValueError(f"the vision graph gave {features.shape[0]} image features for {int(slots.sum())} image tokens in the prompt")
+        embeds[0, slots] = features
+    return embeds
+
+
+def generate(
+    runners: dict,
+    layout: CacheLayout,
+    input_ids: np.ndarray,
+    image_token_id: int,
+    pixel_values: np.ndarray | None,
+    max_new_tokens: int,
+    eos_token_ids: Collection[int] = (),
+    forced: list[int] | None = None,
+    keep_logits: bool = False,
+    on_token=None,
+) -> Generation:
+    """Greedy tokens after ``input_ids`` (batch 1). With ``forced`` (teacher forcing) the decoder is fed those tokens
+    instead of its own choices, so the logits of every step can be compared with another model's on equal terms."""
+    steps = len(forced) if forced is not None else max_new_tokens
+    start = time.perf_counter()
+    embeds = prompt_embeddings(runners, input_ids, image_token_id, pixel_values)
     past = {n: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for n in layout.past_names()}
-    total, tokens = input_ids.shape[1], []
+    total, tokens, kept = input_ids.shape[1], [], []
     positions = np.arange(total, dtype=np.int64)[None]
-    for _ in range(max_new_tokens):
+    ttft = 0.0
+    for step in range(steps):
         out = runners["decoder"].infer({"inputs_embeds": embeds, "attention_mask": np.ones((1, total), np.int64), "position_ids": positions, **past})
-        token = int(out["logits"][0, -1].argmax())
+        last = out["logits"][0, -1]
+        token = int(last.argmax())
+        if step == 0:
+            ttft = time.perf_counter() - start
         tokens.append(token)
-        if eos_token_id is not None and token == eos_token_id:
+        if keep_logits:
+            kept.append(np.asarray(last, np.float32))
+        if on_token is not None:
+            on_token(token)
+        fed = forced[step] if forced is not None else token
+        if forced is None and token in eos_token_ids:
+            break
+        if step == steps - 1:
             break
         past = {p: out[q] for p, q in zip(layout.past_names(), layout.present_names())}
-        embeds = runners["embed"].infer({"input_ids": np.array([[token]], np.int64)})["inputs_embeds"]
+        embeds = runners["embed"].infer({"input_ids": np.array([[fed]], np.int64)})["inputs_embeds"]
         total += 1
         positions = np.array([[total - 1]], np.int64)
-    return tokens
+    decode = time.perf_counter() - start - ttft
+    return Generation(tokens, ttft, decode, np.stack(kept) if kept else None)
+
+
+def greedy_generate(runners: dict, layout: CacheLayout, input_ids: np.ndarray, image_token_id: int, pixel_values: np.ndarray | None, max_new_tokens: int, eos_token_ids: Collection[int] = ()) -> list[int]:
+    """The greedy tokens only (see :func:`generate`)."""
+    return generate(runners, layout, input_ids, image_token_id, pixel_values, max_new_tokens, eos_token_ids).tokens

@@ -1,6 +1,6 @@
-"""The three graphs of a LLaVA-style VLM as PyTorch modules ready for the TorchScript exporter.
+"""The three graphs of a VLM as PyTorch modules ready for the TorchScript exporter.
 
-1. ``VisionGraph``: pixel_values -> image_features (vision tower + projector), (B, tokens, hidden);
+1. vision (``Architecture.vision_graph``): pixel_values -> image_features (vision tower + projector), (images, tokens, hidden);
 2. ``EmbedGraph``: input_ids -> inputs_embeds;
 3. ``DecoderGraph``: inputs_embeds, attention_mask, position_ids, past key/values -> logits, present key/values
    (prefill when the past is empty, decode otherwise: one graph). Grouped-query attention is kept: the cache has
@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from edgekit.models.vlm.architectures import Architecture, image_size, language_parts
 
 
 @dataclass(frozen=True)
@@ -51,24 +54,6 @@ class DecoderGraph(nn.Module):
         return (self.lm_head(out.last_hidden_state), *presents)
 
 
-class VisionGraph(nn.Module):
-    """Vision tower + projector of a LLaVA-style model: pixel_values -> image features in the decoder's width."""
-
-    def __init__(self, model, config) -> None:
-        super().__init__()
-        self.model, self.config = model, config
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.model.model.get_image_features(
-            pixel_values=pixel_values, vision_feature_layer=self.config.vision_feature_layer,
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-        )
-        features = getattr(features, "pooler_output", features)
-        if isinstance(features, (list, tuple)):
-            features = torch.stack(list(features))
-        return features
-
-
 class EmbedGraph(nn.Module):
     def __init__(self, embed_tokens: nn.Module) -> None:
         super().__init__()
@@ -78,39 +63,59 @@ class EmbedGraph(nn.Module):
         return self.embed_tokens(input_ids)
 
 
-def llava_graphs(model) -> dict[str, nn.Module]:
-    """The three graphs of a ``LlavaForConditionalGeneration`` (eager attention, eval)."""
-    cfg = model.config
+def vlm_graphs(model, arch: Architecture) -> dict[str, nn.Module]:
+    """The three graphs of a VLM (eager attention, eval): ``vision``, ``embed``, ``decoder``."""
+    lm, embed, head = language_parts(model)
     return {
-        "vision": VisionGraph(model, cfg).eval(),
-        "embed": EmbedGraph(model.model.language_model.embed_tokens).eval(),
-        "decoder": DecoderGraph(model.model.language_model, model.lm_head, cfg.text_config).eval(),
+        "vision": arch.vision_graph(model).eval(),
+        "embed": EmbedGraph(embed).eval(),
+        "decoder": DecoderGraph(lm, head, model.config.text_config).eval(),
     }
 
 
-def export_llava(model, folder, opset: int = 17) -> dict[str, object]:
-    """Export the three graphs into ``folder`` (dynamic batch, sequence and past length); returns their paths."""
-    from pathlib import Path
+GRAPH_IO = {
+    "vision": (("pixel_values",), ("image_features",)),
+    "embed": (("input_ids",), ("inputs_embeds",)),
+}
 
+
+def example_inputs(model, layout: CacheLayout) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Inputs the exporter traces each graph with (a decode step: 2 new tokens after 3 cached ones)."""
+    size = image_size(model.config)
+    hidden = model.config.text_config.hidden_size
+    past = [torch.zeros(1, layout.kv_heads, 3, layout.head_dim) for _ in range(2 * layout.layers)]
+    return {
+        "vision": (torch.zeros(1, 3, size, size),),
+        "embed": (torch.tensor([[1, 2, 3]]),),
+        "decoder": (torch.zeros(1, 2, hidden), torch.ones(1, 5, dtype=torch.int64), torch.tensor([[3, 4]]), *past),
+    }
+
+
+def graph_io(name: str, layout: CacheLayout) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, dict[int, str]]]:
+    """``(input names, output names, dynamic axes)`` of one graph."""
+    if name == "vision":
+        return GRAPH_IO["vision"] + ({"pixel_values": {0: "images"}, "image_features": {0: "images"}},)
+    if name == "embed":
+        return GRAPH_IO["embed"] + ({"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}},)
+    names_in = ("inputs_embeds", "attention_mask", "position_ids", *layout.past_names())
+    names_out = ("logits", *layout.present_names())
+    dynamic = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+               "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    dynamic |= {n: {0: "batch", 2: "past"} for n in layout.past_names()} | {n: {0: "batch", 2: "total"} for n in layout.present_names()}
+    return names_in, names_out, dynamic
+
+
+def export_vlm(model, arch: Architecture, folder, opset: int = 17) -> dict[str, Path]:
+    """Export the three graphs into ``folder`` as ``{name}.onnx`` (dynamic image count, batch, sequence and past
+    length); returns their paths."""
     from edgekit.export import export_module
 
     folder = Path(folder)
-    graphs = llava_graphs(model)
-    cfg = model.config
+    graphs = vlm_graphs(model, arch)
     layout = graphs["decoder"].layout
-    size = cfg.vision_config.image_size
-    paths = {
-        "vision": export_module(graphs["vision"], (torch.zeros(1, 3, size, size),), folder / "vision.onnx", opset, ("pixel_values",), ("image_features",),
-                                {"pixel_values": {0: "batch"}, "image_features": {0: "batch"}}),
-        "embed": export_module(graphs["embed"], (torch.tensor([[1, 2, 3]]),), folder / "embed.onnx", opset, ("input_ids",), ("inputs_embeds",),
-                               {"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}}),
-    }
-    hidden = cfg.text_config.hidden_size
-    past = [torch.zeros(1, layout.kv_heads, 3, layout.head_dim) for _ in range(2 * layout.layers)]
-    args = (torch.zeros(1, 2, hidden), torch.ones(1, 5, dtype=torch.int64), torch.tensor([[3, 4]]), *past)
-    names_in = ("inputs_embeds", "attention_mask", "position_ids", *layout.past_names())
-    names_out = ("logits", *layout.present_names())
-    dynamic = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-    dynamic |= {n: {0: "batch", 2: "past"} for n in layout.past_names()} | {n: {0: "batch", 2: "total"} for n in layout.present_names()}
-    paths["decoder"] = export_module(graphs["decoder"], args, folder / "decoder.onnx", opset, names_in, names_out, dynamic)
+    examples = example_inputs(model, layout)
+    paths = {}
+    for name, module in graphs.items():
+        names_in, names_out, dynamic = graph_io(name, layout)
+        paths[name] = export_module(module, examples[name], folder / f"{name}.onnx", opset, names_in, names_out, dynamic)
     return paths
