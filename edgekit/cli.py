@@ -1,4 +1,4 @@
-"""The ``edgekit`` command line: export, eval, bench, inspect, check."""
+"""The ``edgekit`` command line: export, eval, bench, inspect, build, embed-labels, generate, check."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _print_variants(report) -> None:
         if v.status != "measured":
             table.add_row(v.name, *["-"] * len(metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", "not built")
             continue
-        if v.components:  # per graph: "vision 24.5 / text 4.8"
+        if any(c.latency_ms for c in v.components.values()):  # per graph: "vision 24.5 / text 4.8"
             medians = " / ".join(f"{n} {c.latency_ms.median:.2f}" for n, c in v.components.items() if c.latency_ms)
             p90s = " / ".join(f"{n} {c.latency_ms.p90:.2f}" for n, c in v.components.items() if c.latency_ms)
         else:
@@ -191,6 +191,33 @@ def embed_labels_(
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.save(fh, embeddings.astype(np.float32))
     console.print(f"{out}: {embeddings.shape[0]} classes x {embeddings.shape[1]} (float32, unit rows), from {target}'s text tower")
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="a VLM run folder written by `edgekit export` (e.g. recipes/smolvlm.yaml)")],
+    prompt: Annotated[str, typer.Option(help="the question or instruction")],
+    image: Annotated[Optional[Path], typer.Option(help="JPEG/PNG image (omit for a text-only prompt)")] = None,
+    target: Annotated[Optional[str], typer.Option(help="which exported target runs, e.g. onnxruntime:int4 (default: the recipe's first)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="stop after this many tokens (or at end of turn)")] = 64,
+    threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
+) -> None:
+    """Greedy generation with the exported ONNX graphs (vision, embedding, KV-cache decoder), streamed to stdout."""
+    from edgekit.models.vlm.runtime import generate_in_run
+
+    printed = ""
+
+    def show(text: str) -> None:
+        nonlocal printed
+        if text.startswith(printed):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+
+    result, name = generate_in_run(run, prompt, image, target, max_new_tokens, threads, show)
+    sys.stdout.write("\n")
+    err_console.print(f"{name}: {len(result.tokens)} tokens, time to first token {result.ttft_s * 1e3:.0f} ms, "
+                      f"decode {result.decode_tokens_per_s:.1f} tokens/s", highlight=False)
 
 
 @app.command()

@@ -321,6 +321,10 @@ def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwri
         from edgekit.pipelines.clip import ClipContext, run_clip
 
         ctx = ClipContext(recipe, Path(recipe_path), stage)
+    elif recipe.model.family == "vlm":
+        from edgekit.pipelines.vlm import VlmContext, run_vlm
+
+        ctx = VlmContext(recipe, Path(recipe_path), stage)
     else:
         ctx = BuildContext(recipe, Path(recipe_path), stage)
     ctx.inputs[str(recipe_path)] = sha256_file(recipe_path)
@@ -328,6 +332,8 @@ def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwri
     try:
         if recipe.model.family == "clip":
             variants = run_clip(ctx)
+        elif recipe.model.family == "vlm":
+            variants = run_vlm(ctx)
         else:
             variants = run_detector(ctx)
         ctx.timings["total"] = round(time.perf_counter() - start, 3)

@@ -20,13 +20,15 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    family: Literal["yolo", "clip"] = "yolo"
+    family: Literal["yolo", "clip", "vlm"] = "yolo"
     weights: PathText | None = Field(
         None,
         description="yolo: safetensors or Ultralytics .pt checkpoint; clip: a Hugging Face CLIPModel folder, an open_clip "
-        "checkpoint file (with `config`), or a hub id (pickles are read without executing code)",
+        "checkpoint file (with `config`), or a hub id; vlm: a Hugging Face LLaVA or SmolVLM/Idefics3 folder (pickles are read "
+        "without executing code)",
     )
-    config: PathText | None = Field(None, description="clip: open_clip or Hugging Face config JSON; without weights, random weights from `seed`")
+    config: PathText | None = Field(None, description="clip: open_clip or Hugging Face config JSON; vlm: a config folder (config.json, "
+                                    "preprocessor_config.json); without weights, random weights from `seed`")
     tokenizer: PathText | None = Field(None, description="clip: OpenAI BPE file (.txt.gz), a tokenizer folder or a hub id (default: the weights folder)")
     seed: int = Field(0, description="clip: seed of the random weights used when only `config` is given")
     input_size: int = Field(640, ge=32, description="yolo: square input side in pixels; a multiple of the largest stride")
@@ -36,8 +38,8 @@ class ModelSpec(_Strict):
     def _source(self) -> "ModelSpec":
         if self.family == "yolo" and not self.weights:
             raise ValueError("a yolo model needs `weights`")
-        if self.family == "clip" and not (self.weights or self.config):
-            raise ValueError("a clip model needs `weights` (folder, file or hub id) or `config` (architecture, random weights)")
+        if self.family in ("clip", "vlm") and not (self.weights or self.config):
+            raise ValueError(f"a {self.family} model needs `weights` (a model folder) or `config` (architecture, random weights)")
         return self
 
 
@@ -80,7 +82,7 @@ class QuantizationSpec(_Strict):
 
 
 BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("fp32", "int8"),
+    "onnxruntime": ("fp32", "int8", "int4", "dynamic"),  # int4 and dynamic: vlm decoders
     "openvino": ("fp32", "bf16", "fp16", "int8"),
     "tflite": ("fp32", "fp16", "dynamic", "int8"),
     "tensorrt": ("fp32", "fp16", "int8"),
@@ -91,7 +93,7 @@ class TargetSpec(_Strict):
     """One engine to build and measure, written ``backend:precision`` (e.g. ``openvino:int8``) or as a mapping."""
 
     backend: Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
-    precision: Literal["fp32", "fp16", "bf16", "dynamic", "int8"]
+    precision: Literal["fp32", "fp16", "bf16", "dynamic", "int8", "int4"]
     accuracy_control: bool = Field(False, description="openvino:int8 only: NNCF quantize_with_accuracy_control held to the mAP50-95 budget")
 
     @model_validator(mode="after")
@@ -177,6 +179,33 @@ class ClipSpec(_Strict):
     text_batch: int = Field(64, ge=1, description="texts per call when encoding prompts and captions")
 
 
+class VlmSpec(_Strict):
+    """Small VLMs: how each graph is quantized per target, and the fixed prompt set fidelity and speed are measured on.
+
+    Targets (ONNX Runtime): ``fp32``; ``int8`` = decoder weight-only int8 (MatMulNBits); ``int4`` = weight-only int4
+    (MatMulNBits, blockwise); ``dynamic`` = dynamic int8 MatMuls. Every quantized target shares one static-int8 vision
+    graph (calibrated on `quantization.calibration`) and the embedding policy.
+    """
+
+    vision_int8: Literal["static", "float"] = Field("static", description="vision encoder + projector in quantized targets")
+    block_size: int = Field(32, ge=16, description="MatMulNBits block along the input dimension (a power of 2)")
+    symmetric: bool = Field(True, description="MatMulNBits without zero points")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4, description="MatMulNBits compute: 4 = int8 activations (CPU: 8-bit weights decode 2.0x faster than FP32 with it, 7x slower without), 0 = float")
+    lm_head: Literal["same", "int8", "float"] = Field("same", description="lm_head weights: as the decoder's target, int8 (MatMulNBits 8-bit), or float")
+    embedding: Literal["int8", "float"] = Field("int8", description="token embedding table of quantized targets: int8 rows, or float")
+    images: PathText = Field("${EDGEKIT_ASSETS}/coco_val2017_subset/images", validate_default=True, description="images of the fixed prompt set (first N by name)")
+    max_images: int = Field(8, ge=1)
+    prompts: list[str] = Field(default_factory=lambda: ["Describe the image.", "What objects are in this picture?"], min_length=1)
+    max_new_tokens: int = Field(24, ge=1)
+    captions: PathText | None = Field(None, description="COCO captions JSON: BLEU-4 and CIDEr-D of `caption_prompt` answers")
+    caption_prompt: str = "Describe the image in one sentence."
+    caption_metrics: Literal["auto", "always", "off"] = Field("auto", description="auto: only when real weights are given (random weights score ~0)")
+    speed_rounds: int = Field(5, ge=1, description="interleaved generation rounds per target for time to first token and decode speed")
+    speed_tokens: int = Field(32, ge=2, description="tokens generated per speed round (no early stop)")
+    pytorch_check: int = Field(2, ge=0, description="prompts whose FP32 ONNX greedy tokens must equal PyTorch generate's")
+
+
 class DatasetSpec(_Strict):
     images: PathText
     annotations: PathText
@@ -199,15 +228,17 @@ class BenchmarkSpec(_Strict):
 
 
 class Budget(_Strict):
-    """A limit on how much a metric may drop versus FP32: absolute (``max_drop``) or relative (``max_relative_drop``)."""
+    """A limit per metric: how much a higher-is-better metric may drop versus FP32, absolute (``max_drop``) or relative
+    (``max_relative_drop``), or the most a lower-is-better metric such as a divergence may reach (``max_value``)."""
 
     max_drop: float | None = Field(None, ge=0)
     max_relative_drop: float | None = Field(None, ge=0, le=1)
+    max_value: float | None = Field(None, description="ceiling on the variant's own value (e.g. logit_kl: 0.05)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Budget":
-        if (self.max_drop is None) == (self.max_relative_drop is None):
-            raise ValueError("give exactly one of max_drop (absolute) or max_relative_drop (fraction)")
+        if sum(v is not None for v in (self.max_drop, self.max_relative_drop, self.max_value)) != 1:
+            raise ValueError("give exactly one of max_drop (absolute), max_relative_drop (fraction) or max_value (ceiling)")
         return self
 
 
@@ -223,6 +254,7 @@ class Recipe(_Strict):
     tflite: TFLiteSpec = Field(default_factory=TFLiteSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     clip: ClipSpec | None = Field(None, description="clip family: tower quantization and zero-shot/retrieval evaluation")
+    vlm: VlmSpec | None = Field(None, description="vlm family: decoder quantization and the generation fidelity/speed prompt set")
     budgets: dict[str, Budget] = Field(default_factory=dict, description="metric name -> allowed drop vs FP32")
 
     @field_validator("targets", mode="before")
@@ -260,6 +292,22 @@ class Recipe(_Strict):
                 raise ValueError("clip.text_int8: static needs clip.text_calibration (captions)")
         elif self.clip is not None:
             raise ValueError("the `clip` section applies to model.family: clip only")
+        if self.model.family == "vlm":
+            if self.evaluation is not None:
+                raise ValueError("a vlm recipe is evaluated by its `vlm` prompt set, not `evaluation`")
+            if self.vlm is None:
+                self.vlm = VlmSpec()
+            other = [t.name for t in self.targets if t.backend != "onnxruntime"]
+            if other:
+                raise ValueError(f"vlm targets run on onnxruntime only (got {', '.join(other)})")
+            if self.vlm.vision_int8 == "static" and self.quantization is None and any(t.precision != "fp32" for t in self.targets):
+                raise ValueError("a quantized vlm target with vlm.vision_int8: static needs a `quantization:` section (calibration images)")
+        else:
+            if self.vlm is not None:
+                raise ValueError("the `vlm` section applies to model.family: vlm only")
+            odd = [t.name for t in self.targets if t.backend == "onnxruntime" and t.precision in ("int4", "dynamic")]
+            if odd:
+                raise ValueError(f"{', '.join(odd)}: onnxruntime int4/dynamic targets are for vlm decoders; use onnxruntime:int8")
         return self
 
     @model_validator(mode="after")

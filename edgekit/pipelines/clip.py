@@ -119,27 +119,11 @@ def export_stage(ctx: ClipContext) -> None:
 
 
 def _static_int8(ctx: ClipContext, tower: str, samples: list, preprocess) -> tuple[Path, dict]:
-    from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
-    from edgekit.quantization.ptq import quantize_static
+    from edgekit.pipelines.transformer_int8 import static_transformer_int8
 
-    q = ctx.recipe.quantization
-    model = load_onnx(ctx.graphs[tower].fp32_onnx)
-    if ctx.recipe.clip.smooth_quant:
-        from edgekit.quantization.smooth_quant import smooth_quant
-
-        model, smooth = smooth_quant(model, samples, preprocess, alpha=ctx.recipe.clip.smooth_quant, threads=ctx.recipe.benchmark.threads, progress=progress.track)
-    result = quantize_static(
-        model, samples, preprocess=preprocess, method=q.method, percentile=q.percentile, per_channel=q.per_channel,
-        float_nodes=q.keep_float.nodes, float_ops=q.keep_float.op_types, placement=TRANSFORMER_PLACEMENT,
-        threads=ctx.recipe.benchmark.threads, progress=progress.track,
-    )
-    settings = dict(result.spec.settings)
-    settings["calibration_samples"] = settings.pop("calibration_images")
-    if ctx.recipe.clip.smooth_quant:
-        settings["smooth_quant"] = smooth
     path = ctx.stage / f"{tower}_int8.onnx"
-    save_onnx(result.model, path, {"edgekit_version": edgekit.__version__, "precision": "int8", "tower": tower, "quantization": json.dumps(settings, sort_keys=True)})
-    write_json_atomic(ctx.stage / f"{tower}_quant_spec.json", result.spec.to_dict())
+    settings = static_transformer_int8(ctx.graphs[tower].fp32_onnx, path, samples, preprocess, ctx.recipe.quantization, ctx.recipe.benchmark.threads,
+                                       ctx.recipe.clip.smooth_quant, {"tower": tower})
     return path, settings
 
 

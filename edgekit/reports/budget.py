@@ -31,7 +31,21 @@ def _limit_text(limit: float, kind: str) -> str:
     return f"{limit:.4f} (absolute)" if kind == "absolute" else f"{limit:.2%} (relative)"
 
 
+def _ceiling_verdict(metric: str, reference: float | None, value: float | None, limit: float, available: Mapping[str, float]) -> BudgetVerdict:
+    """A lower-is-better metric (a divergence): the variant's value may not exceed ``limit``."""
+    if value is None:
+        listed = ", ".join(sorted(available)) or "none"
+        return BudgetVerdict(metric=metric, reference_value=reference, limit=limit, kind="ceiling", passed=False,
+                             message=f"{metric} missing from variant metrics (have: {listed}), budget max value {limit:.4f}: FAIL")
+    value = float(value)
+    passed = not math.isnan(value) and value <= limit + EPS
+    return BudgetVerdict(metric=metric, reference_value=reference, value=value, limit=limit, kind="ceiling", passed=passed,
+                         message=f"{metric} is {value:.4f}, budget max value {limit:.4f}: {'PASS' if passed else 'FAIL'}")
+
+
 def _verdict(metric: str, reference: float | None, value: float | None, budget: Budget, available: Mapping[str, float], ref_available: Mapping[str, float]) -> BudgetVerdict:
+    if budget.max_value is not None:
+        return _ceiling_verdict(metric, reference, value, float(budget.max_value), available)
     kind = "absolute" if budget.max_drop is not None else "relative"
     limit = float(budget.max_drop if kind == "absolute" else budget.max_relative_drop)
     limit_text = _limit_text(limit, kind)
@@ -69,7 +83,8 @@ def evaluate_budgets(
     """One verdict per budgeted metric, in budget order. A metric missing on either side fails.
 
     drop = reference - value; absolute passes iff drop <= max_drop, relative iff drop / reference <= max_relative_drop
-    (a reference of 0 passes only when nothing dropped). Boundaries pass, with a 1e-12 tolerance for float noise.
+    (a reference of 0 passes only when nothing dropped); a ceiling passes iff value <= max_value (NaN fails).
+    Boundaries pass, with a 1e-12 tolerance for float noise.
     """
     reference_metrics, metrics = reference_metrics or {}, metrics or {}
     out = []

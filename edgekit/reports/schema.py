@@ -24,7 +24,8 @@ class LatencyMs(BaseModel):
 
 
 class BudgetVerdict(BaseModel):
-    """One metric of one variant checked against its budget (drop = reference - value; higher is better)."""
+    """One metric of one variant checked against its budget: drop = reference - value for higher-is-better metrics
+    (absolute, relative), or the value itself against a ceiling (lower-is-better metrics such as a divergence)."""
 
     metric: str
     reference_value: float | None = None
@@ -32,7 +33,7 @@ class BudgetVerdict(BaseModel):
     drop: float | None = None
     relative_drop: float | None = None
     limit: float
-    kind: Literal["absolute", "relative"]
+    kind: Literal["absolute", "relative", "ceiling"]
     passed: bool
     message: str
 

@@ -84,6 +84,8 @@ def _budget_text(budget: dict[str, Any]) -> str:
         return f"max drop {float(budget['max_drop']):.4f}"
     if budget.get("max_relative_drop") is not None:
         return f"max relative drop {float(budget['max_relative_drop']):.2%}"
+    if budget.get("max_value") is not None:
+        return f"max value {float(budget['max_value']):.4f}"
     return str(budget)
 
 
@@ -117,22 +119,51 @@ def _sha_text(sha: str | dict | None) -> str:
 
 
 def component_lines(report: Report) -> list[str]:
-    """Per-graph latency and size (CLIP towers), each graph against the reference variant's same graph."""
+    """Per-graph latency (when timed per graph, as CLIP towers are) and size, against the reference's same graph."""
     names = list(dict.fromkeys(c for v in report.variants for c in v.components))
     if not names:
         return []
     ref = report.variant(report.reference)
-    header = ["variant"] + [h for n in names for h in (f"{n} precision", f"{n} median ms", f"{n} speed-up", f"{n} MB")]
+    timed = any(c.latency_ms for v in report.variants for c in v.components.values())
+    columns = ("precision", "median ms", "speed-up", "MB") if timed else ("precision", "MB")
+    header = ["variant"] + [f"{n} {col}" for n in names for col in columns]
     rows = []
     for v in report.variants:
         row = [v.name]
         for n in names:
             c, r = v.components.get(n), ref.components.get(n) if ref else None
             lat, ref_lat = (c.latency_ms if c else None), (r.latency_ms if r else None)
-            row += [c.precision if c else "-", f"{lat.median:.2f}" if lat else "-",
-                    f"{ref_lat.median / lat.median:.2f}x" if lat and ref_lat and lat.median > 0 else "-", f"{c.size_bytes / 1e6:.2f}" if c else "-"]
+            cells = {"precision": c.precision if c else "-", "median ms": f"{lat.median:.2f}" if lat else "-",
+                     "speed-up": f"{ref_lat.median / lat.median:.2f}x" if lat and ref_lat and lat.median > 0 else "-",
+                     "MB": f"{c.size_bytes / 1e6:.2f}" if c else "-"}
+            row += [cells[col] for col in columns]
         rows.append(row)
-    return ["## Per-graph latency and size", "", *_table(header, rows), ""]
+    return ["## Per-graph latency and size" if timed else "## Per-graph size", "", *_table(header, rows), ""]
+
+
+GENERATION_METRICS = ("ttft_ms", "decode_tokens_per_s")
+
+
+def generation_lines(report: Report) -> list[str]:
+    """VLM targets: time to first token, decode speed and peak memory, each against the reference."""
+    rows, ref = [], report.variant(report.reference)
+    if not any(all(m in v.metrics for m in GENERATION_METRICS) for v in report.variants):
+        return []
+    rm = ref.metrics if ref else {}
+    for v in report.variants:
+        m = v.metrics
+        if not all(k in m for k in GENERATION_METRICS):
+            continue
+        ttft_ratio = f"{rm['ttft_ms'] / m['ttft_ms']:.2f}x" if rm.get("ttft_ms") and m["ttft_ms"] > 0 else "-"
+        tps_ratio = f"{m['decode_tokens_per_s'] / rm['decode_tokens_per_s']:.2f}x" if rm.get("decode_tokens_per_s") else "-"
+        rows.append([v.name, f"{m['ttft_ms']:.1f}", ttft_ratio, f"{m['decode_tokens_per_s']:.1f}", tps_ratio, _num(v.peak_memory_mb, ".0f"),
+                     _num(m.get("peak_memory_delta_mb"), ".0f"), f"{v.size_bytes / 1e6:.2f}", _num(m.get("exact_match"), ".3f")])
+    speed = ((ref.manifest.get("settings") or {}).get("speed") or {}) if ref else {}
+    what = f" ({speed.get('prompt_tokens')}-token prompt, {speed.get('generated_tokens')} tokens, {speed.get('rounds')} interleaved rounds, medians)" if speed else ""
+    return [f"## Generation speed and memory{what}", "",
+            *_table(["variant", "TTFT ms", "TTFT speed-up", "decode tokens/s", "decode speed-up", "peak MB", "peak over baseline MB", "size MB", "exact match"], rows),
+            "", "TTFT covers embedding, vision encoder and prefill; the main table's latency column is TTFT and throughput is decode tokens/s. "
+            "Peak memory is measured per target in a fresh process.", ""]
 
 
 def render_markdown(report: Report) -> str:
@@ -194,6 +225,7 @@ def render_markdown(report: Report) -> str:
     ]
     lines += ["## Runtime details", "", *_table(["variant", "throughput/s", "batch", "threads", "peak MB", "p99 ms", "sha256"], detail_rows), ""]
 
+    lines += generation_lines(report)
     lines += component_lines(report)
     lines += ["## Engines", "", *engine_lines(report), ""]
 

@@ -1,0 +1,40 @@
+"""Static INT8 of a transformer graph (CLIP towers, VLM vision encoders): Q/DQ on the weight MatMuls only
+(``TRANSFORMER_PLACEMENT``), calibrated on the recipe's samples, optionally after SmoothQuant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import edgekit
+from edgekit import progress
+from edgekit.artifacts import write_json_atomic
+from edgekit.onnx_io import load_onnx, save_onnx
+from edgekit.recipe import QuantizationSpec
+
+
+def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Callable[[Any], dict], q: QuantizationSpec, threads: int,
+                            smooth_quant: float | None = None, meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns the settings."""
+    from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
+    from edgekit.quantization.ptq import quantize_static
+
+    model = load_onnx(fp32)
+    smooth = None
+    if smooth_quant:
+        from edgekit.quantization.smooth_quant import smooth_quant as apply_smooth_quant
+
+        model, smooth = apply_smooth_quant(model, samples, preprocess, alpha=smooth_quant, threads=threads, progress=progress.track)
+    result = quantize_static(
+        model, samples, preprocess=preprocess, method=q.method, percentile=q.percentile, per_channel=q.per_channel,
+        float_nodes=q.keep_float.nodes, float_ops=q.keep_float.op_types, placement=TRANSFORMER_PLACEMENT,
+        threads=threads, progress=progress.track,
+    )
+    settings = dict(result.spec.settings)
+    settings["calibration_samples"] = settings.pop("calibration_images")
+    if smooth is not None:
+        settings["smooth_quant"] = smooth
+    save_onnx(result.model, out, {"edgekit_version": edgekit.__version__, "precision": "int8", **(meta or {}), "quantization": json.dumps(settings, sort_keys=True)})
+    write_json_atomic(out.with_name(out.stem.removesuffix("_int8") + "_quant_spec.json"), result.spec.to_dict())
+    return settings
