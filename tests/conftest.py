@@ -98,3 +98,20 @@ def stand_in_trtexec(bin_dir: Path, body: str) -> str:
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
+
+
+VLM_CONFIGS = {"idefics3": REPO / "recipes" / "models" / "smolvlm-tiny", "llava": REPO / "recipes" / "models" / "llava-tiny"}
+
+
+@pytest.fixture(scope="session")
+def vlm_export(tmp_path_factory):
+    """``{arch: (family, model, graph paths)}``: the scaled-down SmolVLM/Idefics3 and LLaVA configs of the recipes,
+    random weights (seed 0), real CLIP BPE tokenizer, exported once per session."""
+    from edgekit.models.vlm.family import VlmFamily
+    from edgekit.models.vlm.graphs import export_vlm
+
+    out = {}
+    for arch, folder in VLM_CONFIGS.items():
+        family, model = VlmFamily.load(None, folder, CLIP_BPE, 0)
+        out[arch] = (family, model, export_vlm(model, family.arch, tmp_path_factory.mktemp(f"vlm-{arch}")))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -63,3 +65,34 @@ def test_yaml_syntax_error_names_line(tmp_path):
     path.write_text("name: x\nmodel: [unclosed\n")
     with pytest.raises(EdgekitError, match="broken.yaml: invalid YAML at line"):
         load_recipe(path)
+
+
+def _vlm_recipe(tmp_path, **vlm):
+    import yaml
+
+    data = yaml.safe_load((REPO / "recipes" / "smolvlm.yaml").read_text())
+    data["vlm"].update(vlm.pop("vlm", {}))
+    data.update(vlm)
+    path = tmp_path / "vlm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_vlm_recipes_load_with_their_targets(tmp_path):
+    for name in ("smolvlm", "llava"):
+        recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+        assert recipe.model.family == "vlm" and [t.name for t in recipe.targets] == ["onnxruntime:fp32", "onnxruntime:int8", "onnxruntime:int4", "onnxruntime:dynamic"]
+        assert recipe.budgets["logit_kl"].max_value is not None and "token_agreement" in recipe.budgets
+        assert Path(recipe.vlm.images).is_dir()  # ${EDGEKIT_ASSETS} expanded in a default-like value
+
+
+def test_vlm_recipe_errors_name_the_problem(tmp_path):
+    with pytest.raises(EdgekitError, match="vlm targets run on onnxruntime only"):
+        load_recipe(_vlm_recipe(tmp_path, targets=["onnxruntime:fp32", "openvino:int8"]))
+    with pytest.raises(EdgekitError, match="unknown recipe key 'vlm.lm_heads'"):
+        load_recipe(_vlm_recipe(tmp_path, vlm={"lm_heads": "float"}))
+    yolo = yaml.safe_load((REPO / "recipes" / "yolov5n.yaml").read_text())
+    yolo["targets"] = ["onnxruntime:fp32", "onnxruntime:int4"]
+    (tmp_path / "y.yaml").write_text(yaml.safe_dump(yolo))
+    with pytest.raises(EdgekitError, match="int4/dynamic targets are for vlm decoders"):
+        load_recipe(tmp_path / "y.yaml")

@@ -280,3 +280,16 @@ def test_write_report_leaves_no_partial_files(tmp_path: Path):
     write_report(_report(int8_map=0.29), tmp_path)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
     assert load_report(tmp_path / "report.json").variants[1].metrics["mAP50-95"] == 0.29
+
+
+def test_ceiling_budget_for_lower_is_better_metrics():
+    budgets = {"logit_kl": {"max_value": 0.05}}
+    at = evaluate_budgets({"logit_kl": 0.0}, {"logit_kl": 0.05}, budgets)[0]
+    assert at.passed and at.kind == "ceiling" and at.message == "logit_kl is 0.0500, budget max value 0.0500: PASS"
+    over = evaluate_budgets({"logit_kl": 0.0}, {"logit_kl": 0.0501}, {"logit_kl": Budget(max_value=0.05)})[0]
+    assert not over.passed and over.message.endswith("FAIL")
+    assert not evaluate_budgets({}, {"logit_kl": float("nan")}, budgets)[0].passed
+    missing = evaluate_budgets({"logit_kl": 0.0}, {"token_agreement": 1.0}, budgets)[0]
+    assert not missing.passed and "logit_kl missing from variant metrics" in missing.message
+    with pytest.raises(EdgekitError):
+        evaluate_budgets({}, {}, {"m": {"max_value": 0.1, "max_drop": 0.1}})
