@@ -36,6 +36,8 @@ def export(
 def _print_variants(report) -> None:
     table = Table(title=f"edgekit: {report.recipe['name']}")
     metrics = list(report.budgets) or sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
+    if any("decode_tokens_per_s" in v.metrics for v in report.variants):  # VLM: the latency column is time to first token
+        metrics.append("decode_tokens_per_s")
     for col in ["variant", *metrics, "median ms", "p90 ms", "size MB", "budget"]:
         table.add_column(col)
     for v in report.variants:
