@@ -6,7 +6,7 @@ from edgekit.errors import EdgekitError
 
 
 def get_family(name: str, **settings):
-    """Instantiate the family called ``name`` (only ``yolo`` today; CLIP and VLM come next)."""
+    """Instantiate the detector family called ``name`` (CLIP and VLM jobs load theirs in ``edgekit.pipelines``)."""
     if name == "yolo":
         from edgekit.models.yolo.family import YoloFamily
 
