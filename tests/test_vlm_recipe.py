@@ -123,3 +123,33 @@ def test_bad_model_folder_is_a_user_error(tmp_path) -> None:
     recipe.write_text(yaml.safe_dump(data))
     result = edgekit("export", recipe, "--out", tmp_path / "out")
     assert result.returncode == 2 and "no *.safetensors" in result.stderr
+
+
+def test_weights_folder_loads_like_a_real_checkpoint_and_scores_captions(vlm_export, tmp_path) -> None:
+    """A Hugging Face folder with safetensors, tokenizer, processor and chat template (what a real SmolVLM-256M
+    download holds) goes through `from_pretrained`; with weights given, BLEU and CIDEr-D are computed."""
+    from edgekit.models.vlm.family import VlmFamily
+
+    family, model, _ = vlm_export["idefics3"]
+    folder = tmp_path / "SmolVLM-tiny"
+    model.save_pretrained(folder, safe_serialization=True)
+    family.processor.save_pretrained(folder)
+    assert list(folder.glob("*.safetensors")) and (folder / "tokenizer.json").is_file()
+    loaded_family, loaded = VlmFamily.load(folder)
+    assert loaded_family.provenance["source"] == "hf_folder" and loaded_family.image_token_id == family.image_token_id
+    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    assert sd_a.keys() == sd_b.keys() and all(bool((sd_a[k] == sd_b[k]).all()) for k in sd_a)
+
+    data = yaml.safe_load((REPO / "recipes" / "smolvlm.yaml").read_text())
+    data["model"] = {"family": "vlm", "weights": str(folder)}
+    data["targets"] = ["onnxruntime:fp32", "onnxruntime:dynamic"]
+    data["vlm"].update(max_images=2, prompts=["Describe the image."], speed_rounds=1, pytorch_check=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    fp32 = report["variants"][0]
+    assert fp32["manifest"]["settings"]["pytorch_generation_check"]["identical_sequences"] == 1
+    assert {"bleu1", "bleu4", "cider"} <= set(fp32["metrics"])  # random weights: scores near 0, but computed
+    assert all(0 <= fp32["metrics"][k] for k in ("bleu1", "bleu4", "cider"))

@@ -1,7 +1,9 @@
 """Load a VLM and its processor from a Hugging Face folder: real weights, or random weights from the folder's config.
 
 The same code serves a real SmolVLM-256M or LLaVA folder and the scaled-down configs in ``recipes/models/``: the
-config sizes are the only difference. Weights are read from safetensors (``pytorch_model.bin`` only through
+config sizes are the only difference. A folder with tokenizer files is a complete checkpoint and is read with
+``AutoProcessor``; a config-only folder gets its processor built from its image-processor, processor and
+chat-template files and ``model.tokenizer``. Weights are read from safetensors (``pytorch_model.bin`` only through
 transformers' ``weights_only`` loader), never by executing pickled code. A folder without tokenizer files takes
 ``model.tokenizer`` (e.g. OpenAI's CLIP BPE from the assets); the architecture's special tokens are added and checked
 against the config's image token id and vocabulary size.
@@ -41,13 +43,11 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def load_tokenizer(folder: Path, source: str | Path | None, arch: Architecture):
-    """The folder's tokenizer, else ``source`` (CLIP BPE ``.gz``, a tokenizer folder or a hub id), with the
+    """For a folder without tokenizer files: ``source`` (CLIP BPE ``.gz``, a tokenizer folder or a hub id), with the
     architecture's special tokens added (they keep their ids when the tokenizer already has them)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if any((folder / n).is_file() for n in TOKENIZER_FILES):
-        tok, origin = AutoTokenizer.from_pretrained(str(folder), local_files_only=True), str(folder)
-    elif source is None:
+    if source is None:
         raise EdgekitError("the model folder has no tokenizer files", folder, "add tokenizer.json to the folder, or set model.tokenizer (e.g. ${EDGEKIT_ASSETS}/clip_tokenizer/bpe_simple_vocab_16e6.txt.gz)")
     elif str(source).endswith(".gz") or (Path(source).is_dir() and any(Path(source).glob("bpe_simple_vocab*.txt.gz"))):
         from tokenizers import decoders, processors
@@ -133,9 +133,16 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
             model = model_class._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
         provenance = {"source": "random", "seed": seed, "files": {}}
     model.eval()
-    tok, tok_origin = load_tokenizer(folder, tokenizer, arch)
-    _check_tokens(tok, model.config, folder)
-    processor = load_processor(folder, tok, arch, model.config)
+    if any((folder / n).is_file() for n in TOKENIZER_FILES):  # a complete model folder (a real download): its own processor
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        tok, tok_origin = processor.tokenizer, str(folder)
+        _check_tokens(tok, model.config, folder)
+    else:
+        tok, tok_origin = load_tokenizer(folder, tokenizer, arch)
+        _check_tokens(tok, model.config, folder)
+        processor = load_processor(folder, tok, arch, model.config)
     lm, embed, head = language_parts(model)
     provenance.update({
         "architecture": arch.name,
