@@ -40,7 +40,8 @@ def _recipe(tmp_path: Path, targets: list, **top) -> Path:
     ("targets", "message"),
     [
         (["onnxruntime:bf16"], "onnxruntime has no precision 'bf16'"),
-        (["tflite:int4"], "targets.0.precision"),
+        (["tflite:int3"], "targets.0.precision"),
+        (["tflite:int4"], "tflite has no precision 'int4'"),  # int4 exists, for onnxruntime vlm decoders only
         (["coreml:fp32"], "targets.0.backend"),
         (["tflite:int8", "tflite:int8"], "target listed twice"),
         ([{"backend": "tflite", "precision": "int8", "accuracy_control": True}], "accuracy_control applies to openvino:int8 only"),
