@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,12 @@ CAPTIONS = COCO / "annotations" / "captions_val2017_subset.json"
 TINYCLIP_CONFIG = ASSETS / "clip_tokenizer" / "TinyCLIP-ViT-8M-16-Text-3M.config.json"
 CLIP_BPE = ASSETS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def edgekit(*args, cwd: Path = REPO, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run the ``edgekit`` command line in a subprocess (no progress bars, wide console)."""
+    env = dict(os.environ, EDGEKIT_PROGRESS="0", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def pytest_configure(config: pytest.Config) -> None:

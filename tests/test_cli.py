@@ -4,21 +4,14 @@ and bad input (one-line error, exit 2, no traceback, nothing half-written)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import COCO, REPO, WEIGHTS_ST
-
-
-def edgekit(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EDGEKIT_PROGRESS="0", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=1200)
+from conftest import COCO, REPO, WEIGHTS_ST, edgekit
 
 
 def recipe_file(tmp_path: Path, name: str = "recipe.yaml", **changes) -> Path:

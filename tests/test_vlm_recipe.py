@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import COCO, REPO
+from conftest import COCO, REPO, edgekit
 
 pytest.importorskip("transformers")
-
-
-def edgekit(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EDGEKIT_PROGRESS="0", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
 
 
 @pytest.fixture(scope="module")
