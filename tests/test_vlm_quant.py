@@ -40,7 +40,7 @@ def decoder(vlm_export):
     with OnnxRuntimeRunner(paths["embed"]) as embed:
         embeds = embed.infer({"input_ids": ids})["inputs_embeds"]
     feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, 12), np.int64), "position_ids": np.arange(12)[None],
-             **{n: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for n in layout.past_names()}}
+             **layout.empty()}
     return family, paths["decoder"], feeds
 
 

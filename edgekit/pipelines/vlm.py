@@ -107,8 +107,7 @@ def _check_feeds(ctx: VlmContext, name: str, model) -> list[dict[str, np.ndarray
         with torch.no_grad():
             embeds = embed(torch.from_numpy(c.input_ids)).numpy()
         n = c.input_ids.shape[1]
-        past = {p: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for p in layout.past_names()}
-        feeds.append({"inputs_embeds": embeds, "attention_mask": np.ones((1, n), np.int64), "position_ids": np.arange(n, dtype=np.int64)[None], **past})
+        feeds.append({"inputs_embeds": embeds, "attention_mask": np.ones((1, n), np.int64), "position_ids": np.arange(n, dtype=np.int64)[None], **layout.empty()})
     return feeds
 
 

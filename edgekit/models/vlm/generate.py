@@ -58,7 +58,7 @@ def generate(
     steps = len(forced) if forced is not None else max_new_tokens
     start = time.perf_counter()
     embeds = prompt_embeddings(runners, input_ids, image_token_id, pixel_values)
-    past = {n: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for n in layout.past_names()}
+    past = layout.empty()
     total, tokens, kept = input_ids.shape[1], [], []
     positions = np.arange(total, dtype=np.int64)[None]
     ttft = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,10 @@ class CacheLayout:
 
     def present_names(self) -> list[str]:
         return [f"present.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+
+    def empty(self) -> dict[str, np.ndarray]:
+        """The past of a prefill (batch 1): every ``past_key_values`` input with zero cached positions."""
+        return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names()}
 
 
 class DecoderGraph(nn.Module):
