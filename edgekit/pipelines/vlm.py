@@ -151,7 +151,7 @@ def pytorch_generation_check(ctx: VlmContext, model) -> dict:
     from edgekit.models.vlm.generate import generate
 
     v, family = ctx.recipe.vlm, ctx.family
-    runners = _runners(ctx, "onnxruntime:fp32")
+    runners = _runners(ctx, graphs_of(ctx, "fp32"))
     results = []
     try:
         for case in ctx.cases[: v.pytorch_check]:
@@ -221,22 +221,25 @@ def quantize_stage(ctx: VlmContext) -> None:
                     settings["lm_head"] = "int8"
             settings["lm_head"] = settings.get("lm_head") or ("float" if v.lm_head == "float" else mode)
             ctx.settings[f"quantization decoder {mode}"] = settings
-    for target in r.targets:
-        q = target.precision != "fp32"
-        ctx.target_graphs[target.name] = {
-            "vision": "vision_int8" if q and "vision_int8" in files else "vision_fp32",
-            "embed": "embed_int8" if q and "embed_int8" in files else "embed_fp32",
-            "decoder": f"decoder_{target.precision}",
-        }
+
+
+def graphs_of(ctx: VlmContext, precision: str) -> dict[str, str]:
+    """The ``graph_files`` keys a target of ``precision`` runs: its own decoder; the int8 vision and embedding graphs
+    when the target is quantized and they were made."""
+    q, files = precision != "fp32", ctx.graph_files
+    return {
+        "vision": "vision_int8" if q and "vision_int8" in files else "vision_fp32",
+        "embed": "embed_int8" if q and "embed_int8" in files else "embed_fp32",
+        "decoder": f"decoder_{precision}",
+    }
 
 
 # --- measurement -------------------------------------------------------------------------------------------------
 
 
-def _runners(ctx: VlmContext, target: str) -> dict:
+def _runners(ctx: VlmContext, graphs: dict[str, str]) -> dict:
     from edgekit.runners.onnxruntime import OnnxRuntimeRunner
 
-    graphs = ctx.target_graphs.get(target) or {g: f"{g}_fp32" for g in GRAPHS}
     runners = {g: OnnxRuntimeRunner(ctx.graph_files[key], threads=ctx.recipe.benchmark.threads) for g, key in graphs.items()}
     for runner in runners.values():
         runner.load()
@@ -344,7 +347,7 @@ def measure_targets(ctx: VlmContext) -> list[dict]:
     try:
         for target in order:
             entry = entries[target.name] = _entry(ctx, target)
-            runners[target.name] = _runners(ctx, target.name)
+            runners[target.name] = _runners(ctx, ctx.target_graphs[target.name])
             results, fid, metrics = evaluate_target(ctx, target.name, runners[target.name], reference)
             reference = reference or results
             entry["fidelity"] = fid
@@ -377,12 +380,12 @@ def run_vlm(ctx: VlmContext) -> list[dict]:
     """Every stage of the VLM job inside ``ctx.stage``; returns the report's variants."""
     start = time.perf_counter()
     model = export_stage(ctx)
-    ctx.target_graphs = {t.name: {g: f"{g}_fp32" for g in GRAPHS} for t in ctx.recipe.targets}
     if ctx.recipe.vlm.pytorch_check:
         with _Timer(ctx, "pytorch generation check"):
             ctx.settings["pytorch_generation_check"] = pytorch_generation_check(ctx, model)
     del model
     quantize_stage(ctx)
+    ctx.target_graphs = {t.name: graphs_of(ctx, t.precision) for t in ctx.recipe.targets}
     variants = measure_targets(ctx)
     ctx.family.save(ctx.stage)
     meta = json.loads((ctx.stage / "vlm.json").read_text(encoding="utf-8"))
