@@ -38,8 +38,11 @@ def _folder(weights: str | Path | None, config: str | Path | None) -> Path:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    safetensors = sorted(folder.glob("*.safetensors"))
-    return safetensors or sorted(folder.glob("pytorch_model*.bin"))
+    """The folder's safetensors files, else its ``pytorch_model*.bin`` files (``WEIGHT_GLOBS`` in preference order)."""
+    for pattern in WEIGHT_GLOBS:
+        if files := sorted(folder.glob(pattern)):
+            return files
+    return []
 
 
 def load_tokenizer(folder: Path, source: str | Path | None, arch: Architecture):
@@ -119,7 +122,6 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
     config_dict = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     arch = architecture_of(config_dict, folder / "config.json")
     model_class, _ = arch.load_classes()
-    cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     files = weight_files(folder) if weights not in (None, "") else []
     if weights not in (None, "") and not files:
         raise EdgekitError("the model folder has config.json but no *.safetensors or pytorch_model.bin", folder, "download the weights into the folder, or set model.config instead of model.weights for random weights")
@@ -130,7 +132,7 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = model_class._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+            model = model_class._from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True), attn_implementation="eager", dtype=torch.float32)
         provenance = {"source": "random", "seed": seed, "files": {}}
     model.eval()
     if any((folder / n).is_file() for n in TOKENIZER_FILES):  # a complete model folder (a real download): its own processor
@@ -138,11 +140,10 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
 
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         tok, tok_origin = processor.tokenizer, str(folder)
-        _check_tokens(tok, model.config, folder)
     else:
         tok, tok_origin = load_tokenizer(folder, tokenizer, arch)
-        _check_tokens(tok, model.config, folder)
         processor = load_processor(folder, tok, arch, model.config)
+    _check_tokens(tok, model.config, folder)
     lm, embed, head = language_parts(model)
     provenance.update({
         "architecture": arch.name,
