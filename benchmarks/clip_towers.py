@@ -78,7 +78,7 @@ def variants(ctx: ClipContext, work: Path) -> dict[str, dict[str, Path]]:
 def main() -> None:
     from edgekit.profiling.latency import measure_latency_interleaved
     from edgekit.profiling.memory import model_size_bytes
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)

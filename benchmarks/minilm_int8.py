@@ -281,7 +281,7 @@ def main() -> None:
     from edgekit.profiling.latency import measure_latency_interleaved
     from edgekit.profiling.memory import model_size_bytes
     from edgekit.quantization.dynamic import quantize_dynamic_matmul
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     args = parse_args()
     console = Console(width=200)

@@ -98,7 +98,7 @@ def openvino_ultralytics(fp32: Path, out_xml: Path, images: list[Path], preproce
     import nncf
     import openvino as ov
 
-    from edgekit.backends.openvino_quant import save_ir_atomic
+    from edgekit.backends.openvino.nncf_quant import save_ir_atomic
 
     nncf.set_log_level(logging.WARNING)
     model = ov.convert_model(str(fp32))

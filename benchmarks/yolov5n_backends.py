@@ -33,8 +33,8 @@ RECIPE = HERE.parent / "recipes" / "yolov5n_edge.yaml"
 
 def peer_builds(ctx: BuildContext, work: Path) -> list[BuiltTarget]:
     """Ultralytics' OpenVINO and LiteRT INT8 routes on the run's FP32 model and calibration images."""
-    from edgekit.runners.litert import LiteRTRunner
-    from edgekit.runners.openvino import OpenVinoRunner
+    from edgekit.backends.litert.runner import LiteRTRunner
+    from edgekit.backends.openvino.runner import OpenVinoRunner
 
     prep = lambda p: ctx.family.preprocess(p)[0]  # noqa: E731
     threads, size = ctx.recipe.benchmark.threads, ctx.recipe.model.input_size

@@ -37,7 +37,7 @@ from edgekit.evaluators.detection import evaluate_detector  # noqa: E402
 from edgekit.profiling.latency import measure_latency_interleaved  # noqa: E402
 from edgekit.profiling.memory import PeakMemory, model_size_bytes  # noqa: E402
 from edgekit.quantization.ptq import quantize_static  # noqa: E402
-from edgekit.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
 
 EDGEKIT_RECIPE = {"method": "percentile", "percentile": 99.99, "per_channel": True, "float_nodes": "YoloFamily.float_nodes (head decode)"}
 

@@ -165,7 +165,7 @@ def build(
     precision: Annotated[Optional[str], typer.Option(help="build only this precision (fp32, fp16, int8)")] = None,
 ) -> None:
     """Build the run's TensorRT engines on this device (TensorRT Python API, or trtexec), each with its manifest."""
-    from edgekit.backends.tensorrt import build_from_run
+    from edgekit.backends.tensorrt.builder import build_from_run
 
     for engine in build_from_run(run, precision):
         console.print(f"built {engine} (manifest {engine.name}.json)")

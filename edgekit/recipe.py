@@ -125,7 +125,7 @@ class TFLiteSpec(_Strict):
 
 
 class TensorRTSpec(_Strict):
-    """Engine build settings (see edgekit.backends.tensorrt_build.TensorRTBuildConfig)."""
+    """Engine build settings (see edgekit.backends.tensorrt.engine.TensorRTBuildConfig)."""
 
     workspace_mb: int = Field(1024, ge=1)
     max_batch: int = Field(1, ge=1, description="optimization profile max batch (needs export.dynamic_batch when > 1)")

@@ -114,7 +114,7 @@ def test_tensorrt_max_batch_needs_dynamic_export(tmp_path):
 
 @pytest.fixture(scope="module")
 def tflite_fp32(yolo, tmp_path_factory) -> Path:
-    from edgekit.backends.litert import convert_fp32
+    from edgekit.backends.litert.builder import convert_fp32
     from edgekit.export.onnx_export import fuse_batchnorm
 
     family, model = yolo
@@ -122,8 +122,8 @@ def tflite_fp32(yolo, tmp_path_factory) -> Path:
 
 
 def test_litert_fp32_matches_onnxruntime_on_real_images(tflite_fp32, fp32_onnx, yolo, eval_images):
-    from edgekit.runners.litert import LiteRTRunner
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.litert.runner import LiteRTRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, _ = yolo
     with LiteRTRunner(tflite_fp32, threads=2, input_names=["images"], output_names=["boxes", "scores"]) as tfl, OnnxRuntimeRunner(fp32_onnx, threads=2) as ort:
@@ -140,7 +140,7 @@ def test_litert_fp32_matches_onnxruntime_on_real_images(tflite_fp32, fp32_onnx, 
 
 
 def test_shared_ranges_map_onto_tflite_tensors(tflite_fp32, fp32_onnx, yolo, calib_images):
-    from edgekit.backends.litert_ranges import apply_shared_ranges, match_tensors
+    from edgekit.backends.litert.ranges import apply_shared_ranges, match_tensors
     from edgekit.quantization.calibration import collect_ranges
     from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes, tensors_to_quantize
 
@@ -157,7 +157,7 @@ def test_shared_ranges_map_onto_tflite_tensors(tflite_fp32, fp32_onnx, yolo, cal
 
 
 def test_litert_runner_errors_name_the_file(tmp_path):
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.backends.litert.runner import LiteRTRunner
 
     with pytest.raises(EdgekitError, match="LiteRT model not found"):
         LiteRTRunner(tmp_path / "missing.tflite").load()
@@ -225,7 +225,7 @@ def test_tflite_int8_is_integer_with_float_decode(edge_run):
 
 
 def test_tensorrt_target_reported_not_built_with_clean_qdq(edge_run):
-    from edgekit.backends.tensorrt_qdq import lint_qdq_for_tensorrt
+    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt
 
     report = json.loads((edge_run / "report.json").read_text())
     trt = next(v for v in report["variants"] if v["name"] == "tensorrt:int8")

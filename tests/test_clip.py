@@ -43,7 +43,7 @@ def test_tinyclip_architecture_from_config(clip) -> None:
 
 
 def test_towers_match_pytorch_at_dynamic_batch_and_sequence(clip, towers_onnx) -> None:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, modules = clip
     images = sorted((COCO / "images").iterdir())[:3]
@@ -62,7 +62,7 @@ def test_towers_match_pytorch_at_dynamic_batch_and_sequence(clip, towers_onnx) -
 
 
 def test_trimmed_padding_does_not_change_text_embeddings(clip, towers_onnx) -> None:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, _ = clip
     texts = captions(4)
@@ -121,7 +121,7 @@ def test_vision_int8_quantizes_weight_matmuls_only(clip, towers_onnx, tmp_path, 
     from edgekit.quantization.graph import GraphIndex
     from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
     from edgekit.quantization.ptq import quantize_static
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, _ = clip
     model = onnx.load(towers_onnx["vision"])

@@ -45,7 +45,7 @@ def recipe():
 @pytest.fixture(scope="module")
 def built(recipe, graphs, tmp_path_factory):
     """Every tflite precision of both towers, built as the CLIP job builds them (one stage, fp32 converted once)."""
-    from edgekit.backends.litert_towers import build_tower
+    from edgekit.backends.litert.towers import build_tower
     from edgekit.recipe import TargetSpec
 
     stage = tmp_path_factory.mktemp("clip-tflite")
@@ -133,7 +133,7 @@ def test_generic_runner_reads_the_names_from_the_file(built, reference) -> None:
 def test_a_tower_that_cannot_convert_is_not_built(recipe, graphs, tmp_path) -> None:
     from dataclasses import replace
 
-    from edgekit.backends.litert_towers import build_tower
+    from edgekit.backends.litert.towers import build_tower
     from edgekit.recipe import TargetSpec
 
     class Unsupported(torch.nn.Module):

@@ -30,7 +30,7 @@ def test_export_folds_batchnorm_and_matches_pytorch(yolo, tmp_path, samples):
 def test_dynamic_batch_export_runs_batch_of_two(yolo, tmp_path, samples):
     import numpy as np
 
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     _, model = yolo
     path = export_onnx(model, torch.zeros(1, 3, 640, 640), tmp_path / "dyn.onnx", dynamic_batch=True)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from edgekit.errors import EdgekitError
 from edgekit.evaluators.fidelity import compare_outputs, summarize_fidelity
-from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def test_identical_outputs():

@@ -122,7 +122,7 @@ def test_minilm_dynamic_int8_keeps_cosine_and_pair_ranking(minilm):
     MatMuls int8). Per-channel alone also meets the target on 500 captions (mean 0.9945) with less margin; plain
     per-tensor dynamic INT8 does not (mean 0.966, pair order changed)."""
     bench, tokenizer, _, fp32, folder = minilm
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     int8 = folder / "int8.onnx"
     settings = quantize_dynamic_matmul(fp32, int8, keep_float=[bench.FFN_OUT], per_channel=True)

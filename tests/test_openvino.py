@@ -13,7 +13,7 @@ ov = pytest.importorskip("openvino", reason='openvino is not installed (pip inst
 
 from edgekit.errors import EdgekitError  # noqa: E402
 from edgekit.runners.base import Runner  # noqa: E402
-from edgekit.runners.openvino import OpenVinoRunner  # noqa: E402
+from edgekit.backends.openvino.runner import OpenVinoRunner  # noqa: E402
 
 
 def _tiny_onnx(path: Path) -> tuple[Path, np.ndarray]:
@@ -71,7 +71,7 @@ def test_settings_read_back(tmp_path):
 
 
 def test_ir_saved_atomically_and_runs(tmp_path):
-    from edgekit.backends.openvino_quant import save_ir_atomic
+    from edgekit.backends.openvino.nncf_quant import save_ir_atomic
 
     path, weight = _tiny_onnx(tmp_path / "tiny.onnx")
     xml = save_ir_atomic(ov.convert_model(str(path)), tmp_path / "ir" / "tiny.xml")
@@ -98,7 +98,7 @@ def test_bad_model_gives_one_line_error_naming_the_file(tmp_path, kind):
 
 
 def test_real_yolov5n_fp32_matches_onnxruntime(fp32_onnx, eval_images, yolo):
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, _ = yolo
     feed, _ = family.preprocess(eval_images[0])
@@ -123,7 +123,7 @@ def _ignored_consumers_of_fake_quantize(ir_model, ignored: set[str]) -> list[str
 
 
 def test_int8_ir_keeps_head_decode_float_and_tracks_fp32(fp32_onnx, calib_images, eval_images, yolo, tmp_path):
-    from edgekit.backends.openvino_quant import openvino_ignored_names, quantize_openvino
+    from edgekit.backends.openvino.nncf_quant import openvino_ignored_names, quantize_openvino
 
     family, _ = yolo
     onnx_model = onnx.load(fp32_onnx)

@@ -17,7 +17,7 @@ from edgekit.profiling.device import FLAGS_OF_INTEREST, device_fingerprint, pars
 from edgekit.profiling.latency import LatencyStats, measure_latency
 from edgekit.profiling.memory import PeakMemory, model_size_bytes
 from edgekit.runners.base import Runner, TensorMeta
-from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def _matmul_model(n: int = 256) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from edgekit.backends.tensorrt_build import (
+from edgekit.backends.tensorrt.engine import (
     TensorRTBuildConfig,
     build_engine,
     check_engine_manifest,
@@ -24,7 +24,7 @@ from edgekit.backends.tensorrt_build import (
     trtexec_command,
     write_engine_manifest,
 )
-from edgekit.backends.tensorrt_qdq import (
+from edgekit.backends.tensorrt.qdq import (
     TENSORRT_PLACEMENT,
     build_tensorrt_spec,
     lint_qdq_for_tensorrt,
@@ -224,7 +224,7 @@ def test_gemm_weight_axis_follows_transb():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     spec = build_tensorrt_spec(model, {"x": Range(-4.0, 4.0)}, [])
     assert spec.weights == {"w": 1, "w_t": 0}
-    from edgekit.backends.tensorrt_qdq import insert_qdq_for_tensorrt
+    from edgekit.backends.tensorrt.qdq import insert_qdq_for_tensorrt
 
     qmodel = insert_qdq_for_tensorrt(model, spec)
     assert lint_qdq_for_tensorrt(qmodel) == []
@@ -381,7 +381,7 @@ def test_manifest_missing(engine):
 def test_build_engine_without_tensorrt_is_a_clear_error(tmp_path, monkeypatch):
     if _has_tensorrt():
         pytest.skip("TensorRT is installed here")
-    monkeypatch.setattr("edgekit.backends.tensorrt_build.shutil.which", lambda name: None)
+    monkeypatch.setattr("edgekit.backends.tensorrt.engine.shutil.which", lambda name: None)
     src = tmp_path / "m.onnx"
     onnx.save(_qdq_conv(), src)
     with pytest.raises(EdgekitError, match="TensorRT is not installed"):
@@ -426,7 +426,7 @@ def test_trtexec_failure_is_a_clear_error(tmp_path, monkeypatch):
 def test_runner_without_tensorrt_is_a_clear_error(engine):
     if _has_tensorrt():
         pytest.skip("TensorRT is installed here")
-    from edgekit.runners.tensorrt import TensorRTRunner
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
 
     with pytest.raises(EdgekitError, match="TensorRT is not installed"):
         TensorRTRunner(engine).load()
@@ -436,7 +436,7 @@ def test_runner_without_tensorrt_is_a_clear_error(engine):
 
 
 def _tiny_conv_onnx(path, qdq: bool) -> onnx.ModelProto:
-    from edgekit.backends.tensorrt_qdq import insert_qdq_for_tensorrt
+    from edgekit.backends.tensorrt.qdq import insert_qdq_for_tensorrt
     from edgekit.quantization.spec import Range
 
     rng = np.random.default_rng(0)
@@ -458,8 +458,8 @@ def _tiny_conv_onnx(path, qdq: bool) -> onnx.ModelProto:
 def test_build_and_run_engine_on_gpu(tmp_path, precision):
     pytest.importorskip("tensorrt", reason=NEEDS_TRT)
     pytest.importorskip("cuda", reason=NEEDS_TRT)
-    from edgekit.backends.tensorrt_build import current_device_info
-    from edgekit.runners.tensorrt import TensorRTRunner
+    from edgekit.backends.tensorrt.engine import current_device_info
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
 
     src, dst = tmp_path / "m.onnx", tmp_path / "m.engine"
     model = _tiny_conv_onnx(src, qdq=precision == "int8")
@@ -579,7 +579,7 @@ def _fake_tensorrt_modules(monkeypatch):
 def test_runner_logic_with_stand_in_modules(engine, monkeypatch):
     if _has_tensorrt():
         pytest.skip("real TensorRT installed: see test_build_and_run_engine_on_gpu")
-    from edgekit.runners.tensorrt import TensorRTRunner
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
 
     calls, memory = _fake_tensorrt_modules(monkeypatch)
     with pytest.raises(EdgekitError, match="compute capability 8.7"):  # the manifest is checked before deserializing

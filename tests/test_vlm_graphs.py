@@ -17,7 +17,7 @@ IMAGES = sorted((COCO / "images").glob("*.jpg"))[:3]
 
 
 def _runners(paths):
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     runners = {name: OnnxRuntimeRunner(path) for name, path in paths.items()}
     for runner in runners.values():

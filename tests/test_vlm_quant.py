@@ -23,7 +23,7 @@ def _ops(path) -> dict[str, int]:
 
 
 def _prefill_logits(path, family, feeds) -> np.ndarray:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path) as runner:
         return runner.infer(feeds)["logits"][0]
@@ -35,7 +35,7 @@ def decoder(vlm_export):
     layout = family.layout
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 49000, (1, 12))
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(paths["embed"]) as embed:
         embeds = embed.infer({"input_ids": ids})["inputs_embeds"]

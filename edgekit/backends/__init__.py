@@ -17,7 +17,7 @@ def _lazy(module: str) -> Callable[[BuildInputs, TargetSpec], BuiltTarget]:
     def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
         import importlib
 
-        return importlib.import_module(f"edgekit.backends.{module}").build(inputs, target)
+        return importlib.import_module(f"edgekit.backends.{module}.builder").build(inputs, target)
 
     return build
 

@@ -41,7 +41,7 @@ class BuiltGraph:
 
 
 def _onnxruntime(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     int8 = target.precision == "int8" and graph.int8_onnx is not None
     path = graph.int8_onnx if int8 else graph.fp32_onnx
@@ -51,8 +51,8 @@ def _onnxruntime(recipe: Recipe, stage: Path, graph: GraphInputs, target: Target
 
 
 def _openvino(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpec) -> BuiltGraph:
-    from edgekit.backends.openvino import VARIANTS, compiled_runner, convert_float_ir, precision_hint
-    from edgekit.backends.openvino_quant import quantize_openvino_transformer
+    from edgekit.backends.openvino.builder import VARIANTS, compiled_runner, convert_float_ir, precision_hint
+    from edgekit.backends.openvino.nncf_quant import quantize_openvino_transformer
 
     spec = recipe.openvino
     int8 = target.precision == "int8" and graph.int8_mode != "float"
@@ -74,7 +74,7 @@ def _openvino(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetSpe
 
 
 def _litert():
-    from edgekit.backends import litert_towers
+    from edgekit.backends.litert import towers as litert_towers
 
     return litert_towers
 

@@ -97,7 +97,7 @@ def check_against_torch(model: nn.Module, onnx_path: str | Path, samples: list[n
     The tolerance applies to the max abs error relative to the output's magnitude, ``max|a-b| / max(1, max|a|)``,
     so pixel-valued and probability-valued outputs are judged alike.
     """
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     max_abs = max_rel = total = 0.0
     count = 0

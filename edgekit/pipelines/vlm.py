@@ -238,7 +238,7 @@ def graphs_of(ctx: VlmContext, precision: str) -> dict[str, str]:
 
 
 def _runners(ctx: VlmContext, graphs: dict[str, str]) -> dict:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     runners = {g: OnnxRuntimeRunner(ctx.graph_files[key], threads=ctx.recipe.benchmark.threads) for g, key in graphs.items()}
     for runner in runners.values():

@@ -16,15 +16,15 @@ def make_runner(backend: str, model_path, threads: int | None = None) -> Runner:
     from edgekit.errors import EdgekitError
 
     if backend == "onnxruntime":
-        from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+        from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(model_path, threads=threads)
     if backend == "openvino":
-        from edgekit.runners.openvino import OpenVinoRunner
+        from edgekit.backends.openvino.runner import OpenVinoRunner
 
         return OpenVinoRunner(model_path, threads=threads)
     if backend == "tflite":
-        from edgekit.runners.litert import LiteRTRunner
+        from edgekit.backends.litert.runner import LiteRTRunner
 
         runner = LiteRTRunner(model_path, threads=threads)
         runner.load()
@@ -32,7 +32,7 @@ def make_runner(backend: str, model_path, threads: int | None = None) -> Runner:
             runner.output_names = ["boxes", "scores"]
         return runner
     if backend == "tensorrt":
-        from edgekit.runners.tensorrt import TensorRTRunner
+        from edgekit.backends.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner(model_path)
     raise EdgekitError(f"unknown backend {backend!r}", fix="use one of: onnxruntime, openvino, tflite, tensorrt")

@@ -29,7 +29,7 @@ def target_graphs(run: Path, target: str | None) -> tuple[str, dict[str, Path]]:
 
 def generate_in_run(run: Path, prompt: str, image: Path | None, target: str | None, max_new_tokens: int, threads: int = 2,
                     on_text: Callable[[str], None] | None = None) -> tuple[Generation, str]:
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     if image is not None and not Path(image).is_file():
         raise EdgekitError("image not found", image, "pass --image with a JPEG or PNG file")

@@ -8,7 +8,7 @@ from edgekit.recipe import TargetSpec
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     """Nothing to convert: ORT runs the ONNX files the export and quantize stages wrote."""
-    from edgekit.runners.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     path = inputs.int8_onnx if target.precision == "int8" else inputs.fp32_onnx
     threads = inputs.recipe.benchmark.threads

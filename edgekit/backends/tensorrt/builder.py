@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgekit.artifacts import sha256_file, write_json_atomic
 from edgekit.backends.base import BuildInputs, BuiltTarget
-from edgekit.backends.tensorrt_build import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, import_tensorrt, manifest_path, onnx_input_shapes, trtexec_command
+from edgekit.backends.tensorrt.engine import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, import_tensorrt, manifest_path, onnx_input_shapes, trtexec_command
 from edgekit.errors import EdgekitError
 from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import Recipe, TargetSpec
@@ -49,7 +49,7 @@ def tensorrt_available() -> str | None:
 
 def quantized_onnx(inputs: BuildInputs, out: Path) -> tuple[Path, list[str]]:
     """Write the TensorRT-placed Q/DQ ONNX and return it with its lint issues (empty when clean)."""
-    from edgekit.backends.tensorrt_qdq import lint_qdq_for_tensorrt, quantize_for_tensorrt
+    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt, quantize_for_tensorrt
 
     q = inputs.recipe.quantization
     result = quantize_for_tensorrt(
@@ -64,7 +64,7 @@ def quantized_onnx(inputs: BuildInputs, out: Path) -> tuple[Path, list[str]]:
 
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    from edgekit.runners.tensorrt import TensorRTRunner
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
 
     folder = inputs.stage / "tensorrt"
     folder.mkdir(exist_ok=True)

@@ -7,7 +7,7 @@ engine's own SHA-256. ``check_engine_manifest`` refuses an engine whose manifest
 
 Precision (TensorRT 10/11):
 
-* ``int8``: a strongly typed network built from a Q/DQ ONNX (``edgekit.backends.tensorrt_qdq``). Strong typing
+* ``int8``: a strongly typed network built from a Q/DQ ONNX (``edgekit.backends.tensorrt.qdq``). Strong typing
   takes every type from the graph, so precision flags are not allowed with it; the float parts run in the
   ONNX's float type (convert them to fp16 beforehand, e.g. with ModelOpt AutoCast, to run them in fp16).
 * ``fp16``: TensorRT 10's weakly typed ``--fp16``/``BuilderFlag.FP16``; TensorRT 11 removed that flag, so there

@@ -27,8 +27,8 @@ def precision_hint(precision: str, device: str) -> str:
 
 def convert_float_ir(fp32_onnx, xml, compress_to_fp16: bool) -> None:
     """The float IR of ``fp32_onnx`` at ``xml`` (written once per run: fp32 and bf16 targets share it)."""
-    from edgekit.backends.openvino_quant import save_ir_atomic
-    from edgekit.runners.openvino import import_openvino, read_model
+    from edgekit.backends.openvino.nncf_quant import save_ir_atomic
+    from edgekit.backends.openvino.runner import import_openvino, read_model
 
     if not xml.is_file():
         read_model(fp32_onnx)  # one-line error for a missing/corrupt model
@@ -37,7 +37,7 @@ def convert_float_ir(fp32_onnx, xml, compress_to_fp16: bool) -> None:
 
 def compiled_runner(xml, threads: int, hint: str, device: str):
     """``(make_runner, compiled properties read back)`` for an IR: the report states what actually ran."""
-    from edgekit.runners.openvino import OpenVinoRunner
+    from edgekit.backends.openvino.runner import OpenVinoRunner
 
     def make_runner() -> OpenVinoRunner:
         return OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=device)
@@ -48,7 +48,7 @@ def compiled_runner(xml, threads: int, hint: str, device: str):
 
 def _auto_hint(device: str) -> str:
     """bf16 where the device lists BF16 among its optimization capabilities (OpenVINO's own CPU default), else f32."""
-    from edgekit.runners.openvino import import_openvino
+    from edgekit.backends.openvino.runner import import_openvino
 
     try:
         caps = import_openvino().Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
@@ -71,7 +71,7 @@ def _float_nodes(inputs: BuildInputs) -> list[str]:
 
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    from edgekit.backends.openvino_quant import quantize_openvino, quantize_openvino_with_accuracy_control
+    from edgekit.backends.openvino.nncf_quant import quantize_openvino, quantize_openvino_with_accuracy_control
 
     r, spec = inputs.recipe, inputs.recipe.openvino
     name, compress, _ = VARIANTS[target.precision]

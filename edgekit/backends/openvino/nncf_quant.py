@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runners.openvino import import_openvino, read_model
+from edgekit.backends.openvino.runner import import_openvino, read_model
 
 _STRUCTURAL = {"Constant", "Parameter", "Result"}
 

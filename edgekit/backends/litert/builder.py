@@ -10,7 +10,7 @@
 
 Ranges (``tflite.ranges``): ``litert`` (default) keeps ai-edge-quantizer's own calibration on the recipe's images, a
 moving average of per-image min/max; ``shared`` replaces the range of every tensor that matches a tensor of the
-run's shared calibration (``edgekit.backends.litert_ranges``), so LiteRT uses the same ranges as ORT and TensorRT.
+run's shared calibration (``edgekit.backends.litert.ranges``), so LiteRT uses the same ranges as ORT and TensorRT.
 On YOLOv5n (158 COCO images) ``litert`` measured -0.45 pt mAP50-95 and ``shared`` (percentile 99.99) -0.85 pt, so
 ``litert`` is the default. The manifest records which was used and how many tensors matched.
 """
@@ -119,7 +119,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
             calibration = q.calibrate({SIGNATURE: feeds}, num_threads=inputs.recipe.benchmark.threads)
         shared = 0
         if inputs.recipe.tflite.ranges == "shared" and inputs.ranges and r is not None:
-            from edgekit.backends.litert_ranges import apply_shared_ranges, match_tensors
+            from edgekit.backends.litert.ranges import apply_shared_ranges, match_tensors
             from edgekit.onnx_io import load_onnx
 
             first = inputs.family.preprocess(inputs.calibration_images[0])[0]
@@ -176,7 +176,7 @@ def _track(inputs: BuildInputs, items: list, label: str):
 
 def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
     """Build one ``tflite:<precision>`` target under ``stage/tflite/``."""
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.backends.litert.runner import LiteRTRunner
 
     folder = inputs.stage / "tflite"
     folder.mkdir(exist_ok=True)

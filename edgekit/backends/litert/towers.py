@@ -81,7 +81,7 @@ def convert_tower(graph: GraphInputs, out_path: Path) -> dict[str, Any]:
     import torch
 
     from edgekit.artifacts import atomic_path
-    from edgekit.backends.litert import _import, _quiet_unless_interactive
+    from edgekit.backends.litert.builder import _import, _quiet_unless_interactive
     from edgekit.profiling.device import package_version
 
     tower = _tower(graph.name)
@@ -113,7 +113,7 @@ def _calibration(graph: GraphInputs) -> list[dict[str, np.ndarray]]:
 def quantize_tower(fp32: Path, out: Path, mode: str, graph: GraphInputs, threads: int | None) -> dict[str, Any]:
     """``fp16`` | ``dynamic`` | ``static`` (vision: the weight FULLY_CONNECTED ops, calibrated) into ``out``."""
     from edgekit.artifacts import atomic_path
-    from edgekit.backends.litert import _import, _quiet_unless_interactive, quantize
+    from edgekit.backends.litert.builder import _import, _quiet_unless_interactive, quantize
     from edgekit.errors import EdgekitError
     from edgekit.profiling.device import package_version
 
@@ -188,7 +188,7 @@ def build_tower(recipe: Recipe, stage: Path, graph: GraphInputs, target: TargetS
     from edgekit.artifacts import sha256_file
     from edgekit.backends.graphs import BuiltGraph
     from edgekit.profiling.device import package_version
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.backends.litert.runner import LiteRTRunner
 
     tower = _tower(graph.name)
     if tower is None or graph.torch_module is None or not graph.example_inputs:
