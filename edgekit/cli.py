@@ -25,7 +25,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace an existing, non-empty output folder")] = False,
 ) -> None:
     """Run a recipe: FP32 ONNX, fused ONNX, INT8 Q/DQ ONNX, accuracy, latency, report.json and report.md."""
-    from edgekit.pipeline import run_recipe
+    from edgekit.job import run_recipe
     from edgekit.recipe import load_recipe
 
     report = run_recipe(load_recipe(recipe), recipe, out, overwrite)
@@ -76,6 +76,8 @@ def eval_(
     images = images or coco / "images"
     annotations = annotations or coco / "annotations" / "instances_val2017_subset.json"
     with runner_for_file(model, backend, threads) as runner:
+        if len(runner.outputs) == 2 and hasattr(runner, "output_names"):  # edgekit's LiteRT detector layout: boxes, scores
+            runner.output_names = ["boxes", "scores"]
         family = YoloFamily.from_runner_metadata(runner.inputs, runner.outputs, input_size)
         result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track)
     table = Table(title=f"COCO accuracy: {model.name} ({result.num_images} images)")

@@ -1,32 +1,12 @@
-"""Backend builders: one module per backend turns the run's shared artifacts into that backend's engine.
+"""Backends: one package each (``onnxruntime``, ``openvino``, ``litert``, ``tensorrt``) holding builder and runner
+side by side behind ``edgekit.backends.base.Backend``; listed in ``edgekit.registry``.
 
-``BUILDERS[backend](inputs, target) -> BuiltTarget``. Quantization is computed once (``edgekit.quantization``);
-each builder places it its own way: ORT's fusable Q/DQ, TensorRT's explicit-quantization Q/DQ, NNCF for
-OpenVINO, ai-edge-quantizer for LiteRT.
+Quantization is computed once per run (``edgekit.quantization``); each backend places it its own way: ORT's fusable
+Q/DQ, TensorRT's explicit-quantization Q/DQ, NNCF for OpenVINO, ai-edge-quantizer for LiteRT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from edgekit.backends.base import AccuracyCheck, Backend, Built, Graph, LazyFeeds, Quantized, Run, TorchSource
 
-from edgekit.backends.base import BuildInputs, BuiltTarget
-from edgekit.recipe import TargetSpec
-
-
-def _lazy(module: str) -> Callable[[BuildInputs, TargetSpec], BuiltTarget]:
-    def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-        import importlib
-
-        return importlib.import_module(f"edgekit.backends.{module}.builder").build(inputs, target)
-
-    return build
-
-
-BUILDERS: dict[str, Callable[[BuildInputs, TargetSpec], BuiltTarget]] = {
-    "onnxruntime": _lazy("onnxruntime"),
-    "openvino": _lazy("openvino"),
-    "tflite": _lazy("litert"),
-    "tensorrt": _lazy("tensorrt"),
-}
-
-__all__ = ["BUILDERS", "BuildInputs", "BuiltTarget"]
+__all__ = ["AccuracyCheck", "Backend", "Built", "Graph", "LazyFeeds", "Quantized", "Run", "TorchSource"]

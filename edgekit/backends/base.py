@@ -1,55 +1,170 @@
-"""What every backend builder gets and gives back.
+"""The backend contract: what a backend is told about one graph, what it gives back, and how it runs a file.
 
-A builder turns the shared artifacts of a run (the fused FP32 ONNX, the shared INT8 spec and Q/DQ model, the
-PyTorch module, the calibration images) into one engine for one ``backend:precision`` target, and says how to
-run it. Builders are registered by backend name in ``edgekit.backends.BUILDERS``.
+A backend (Polygraphy's ``backend/<name>/{loader,runner}``) is one package under ``edgekit.backends`` (or a
+third-party package registered by entry point, see ``edgekit.registry``). It knows no model family: everything
+family-specific reaches it through a ``Graph`` (its ONNX forms, its float scope, its calibration feeds, the PyTorch
+module to convert from, how to validate accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from edgekit.recipe import Recipe, TargetSpec
-from edgekit.runners.base import Runner
+import numpy as np
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from edgekit.quantization.placement import Placement
+    from edgekit.recipe import Recipe
+    from edgekit.runners.base import Runner
+    from edgekit.targets import Target
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """One quantized ONNX form of a graph made by edgekit's quantization (ONNX Runtime runs it as is)."""
+
+    path: Path
+    mode: str  # static | dynamic | int8 | int4 (weight-only) -- what the graph runs in
+    settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass
-class BuildInputs:
-    """The shared artifacts of one run, read by every builder."""
+class TorchSource:
+    """The PyTorch module a converting backend (LiteRT) starts from, shaped by the family for that backend."""
 
-    recipe: Recipe
-    stage: Path  # the run's staging folder; builders write under ``stage / <backend>/``
-    family: Any
-    fp32_onnx: Path
-    torch_model: Any = None  # the fused FP32 torch module (LiteRT converts from PyTorch)
-    int8_onnx: Path | None = None  # the shared Q/DQ ONNX (ORT placement) when an int8 target exists
-    calibration_images: list[Path] = field(default_factory=list)
-    float_nodes: list[str] = field(default_factory=list)  # ONNX nodes the shared spec keeps float (family decode + recipe's)
-    calibrated_tensors: list[str] = field(default_factory=list)  # the shared calibration pass covers these tensors
-    ranges: dict[str, Any] = field(default_factory=dict)  # ONNX tensor -> shared calibrated Range
-    progress: Callable | None = None
+    module: Any  # torch.nn.Module taking the inputs below
+    sample: dict[str, Any]  # keyword sample inputs (torch tensors), in the module's layout
+    input_names: tuple[str, ...]  # the contract's input names (what callers feed, NCHW for images)
+    output_names: tuple[str, ...]  # the converted model's output names
+    channels_last: tuple[str, ...] = ()  # inputs the module takes NHWC (runners transpose the contract's NCHW feed)
+    wrap_channels_last: bool = False  # the backend wraps the module for NHWC I/O itself (LiteRT's to_channel_last_io)
+    float_patterns: tuple[str, ...] = ()  # converted-tensor name regexes kept float in full-int8 builds
+    dynamic_patterns: tuple[str, ...] = ()  # name regexes quantized dynamically instead of statically
+    pad_sequences: bool = False  # fixed-length token inputs: runners right-pad shorter feeds
+    fixed_batch: bool = False  # the converted graph has batch 1 (runners loop rows)
+    static_int8: bool = True  # the backend may quantize it statically (else int8 targets build it dynamic)
+
+
+class LazyFeeds(Sequence):
+    """Calibration feeds made on demand from items (image paths, texts): re-iterable, one item in memory at a time."""
+
+    def __init__(self, items: Sequence[Any], transform: Callable[[Any], Feed]) -> None:
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return LazyFeeds(self.items[index], self.transform)
+        return self.transform(self.items[index])
 
 
 @dataclass
-class BuiltTarget:
-    """One target's engine, or the reason it was not built (e.g. TensorRT on a machine without a GPU)."""
+class AccuracyCheck:
+    """How a backend's own accuracy-aware quantization (NNCF accuracy control) scores a candidate."""
 
-    target: TargetSpec
-    path: Path | None  # the artifact measured (and whose sha256 the manifest records)
-    make_runner: Callable[[], Runner] | None = None
-    files: list[Path] = field(default_factory=list)  # every file this target wrote
-    settings: dict[str, Any] = field(default_factory=dict)  # backend build/compile settings for the manifest
-    not_built: str | None = None  # why there is nothing to measure
-    notes: list[str] = field(default_factory=list)
-    label: str | None = None  # report name when not ``target.name`` (benchmarks list peers this way)
+    metric: str
+    max_drop: float
+    items: list[Any]  # validation items
+    transform: Callable[[Any], Feed]  # item -> feed
+    validate: Callable[[Any, Iterable[Any]], float]  # (compiled model, items) -> metric
+
+
+@dataclass
+class Graph:
+    """One graph of a run as backends see it: its FP32 ONNX, the quantized forms and what int8 builds need."""
+
+    name: str
+    fp32: Path
+    kind: Literal["cnn", "transformer", "decoder"] = "cnn"
+    quantized: dict[str, Quantized] = field(default_factory=dict)  # target precision -> ONNX form
+    float_nodes: list[str] = field(default_factory=list)  # ONNX nodes the shared spec keeps float
+    float_ops: list[str] = field(default_factory=list)  # ONNX op types kept float
+    backend_float_nodes: list[str] | None = None  # a wider float scope for backends with their own quantizer (NNCF)
+    calibration: LazyFeeds | None = None  # the graph's calibration feeds (ONNX layout)
+    ranges: dict[str, Any] = field(default_factory=dict)  # tensor -> shared calibrated Range (every placement's tensors)
+    spec_tensors: frozenset[str] = frozenset()  # the tensors the shared (ORT) spec quantizes
+    torch: TorchSource | None = None
+    accuracy: AccuracyCheck | None = None
+    int8: str = "static"  # what int8 targets do with this graph: static | dynamic | float
 
     @property
-    def name(self) -> str:
-        return self.label or self.target.name
+    def single(self) -> bool:
+        return self.name == "model"
+
+
+@dataclass
+class Run:
+    """What a backend may read of the run: the recipe, the staging folder, threads and progress."""
+
+    recipe: "Recipe"
+    stage: Path
+    progress: Callable[[str, int], Iterator[int]]
+
+    @property
+    def threads(self) -> int:
+        return self.recipe.benchmark.threads
+
+    def folder(self, backend: str) -> Path:
+        path = self.stage / backend
+        path.mkdir(exist_ok=True)
+        return path
+
+
+@dataclass
+class Built:
+    """One graph of one target built, or the reason it was not (e.g. TensorRT without a GPU)."""
+
+    path: Path | None  # the artifact measured (its sha256 goes into the manifest)
+    precision: str  # what this graph runs in within the target
+    make_runner: Callable[[], "Runner"] | None = None
+    files: list[Path] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    not_built: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def built(self) -> bool:
         return self.not_built is None
+
+
+def file_name(graph: Graph, stem: str) -> str:
+    """``model_int8.xml`` for a single-graph family, ``vision_int8.xml`` for a tower."""
+    return stem if graph.single else stem.replace("model", graph.name, 1)
+
+
+class Backend(abc.ABC):
+    """One runtime: its precisions, files, recipe section, placement, availability, builder and runner."""
+
+    name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    config: ClassVar[type[BaseModel] | None] = None  # its recipe section, ``recipe.<name>``
+    accuracy_control: ClassVar[bool] = False
+    build_last: ClassVar[bool] = False  # e.g. LiteRT: litert-torch loads JAX, whose threads make a later fork unsafe
+    needs_torch: ClassVar[bool] = False  # converts from a PyTorch module, not from ONNX
+    install: ClassVar[str] = ""  # the extra that installs it, for messages
+
+    def placement(self) -> "Placement | None":
+        """The Q/DQ placement int8 targets need from the shared ranges (None: the backend quantizes its own way)."""
+        return None
+
+    def available(self) -> str | None:
+        """None when targets can be built here, else the reason they are reported as not built."""
+        return None
+
+    @abc.abstractmethod
+    def build(self, graph: Graph, target: "Target", run: Run) -> Built:
+        """Build one graph for one target under ``run.stage / <backend>/``."""
+
+    @abc.abstractmethod
+    def runner(self, path: str | Path, threads: int | None = None, **options: Any) -> "Runner":
+        """A runner for a file this backend built (or any file with one of its suffixes)."""

@@ -54,17 +54,33 @@ def quantize_static(
     nodes = quantized_nodes(model, placement, float_nodes, float_ops)
     tensors = sorted(set(tensors_to_quantize(model, nodes)) | set(also_calibrate or []))
     calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
-    spec = build_spec(model, placement, calib.ranges, float_nodes, float_ops, per_channel)
+    settings = calibration_settings(method, percentile, per_channel, len(images), calib.key)
+    qdq, spec = place(model, placement, calib.ranges, float_nodes, float_ops, settings)
+    return PTQResult(qdq, spec, calib)
+
+
+def calibration_settings(method: str, percentile: float, per_channel: bool, samples: int, key: str) -> dict:
+    """How the shared ranges were calibrated (every placement's spec records them)."""
+    return {"method": method, "percentile": percentile if method == "percentile" else None, "per_channel": per_channel,
+            "calibration_images": samples, "calibration_key": key}
+
+
+def place(model: onnx.ModelProto, placement: Placement, ranges: dict, float_nodes: list[str], float_ops: list[str],
+          calibration: dict) -> tuple[onnx.ModelProto, QuantSpec]:
+    """The Q/DQ model and spec of ``placement`` from already calibrated ``ranges``: each backend's placement reads
+    the one calibration pass of the run instead of calibrating again."""
+    nodes = quantized_nodes(model, placement, float_nodes, float_ops)
+    spec = build_spec(model, placement, ranges, float_nodes, float_ops, calibration["per_channel"])
     spec.settings = {
-        "method": method,
-        "percentile": percentile if method == "percentile" else None,
-        "per_channel": per_channel,
+        "method": calibration["method"],
+        "percentile": calibration["percentile"],
+        "per_channel": calibration["per_channel"],
         "placement": placement.name,
         "activation_dtype": placement.activation_dtype + (" symmetric" if placement.activation_dtype == "int8" else ""),
         "quantized_nodes": len(nodes),
         "weight_dtype": "int8 symmetric",
         "bias": "float" if placement.float_bias else "int32",
-        "calibration_images": len(images),
-        "calibration_key": calib.key,
+        "calibration_images": calibration["calibration_images"],
+        "calibration_key": calibration["calibration_key"],
     }
-    return PTQResult(insert_qdq(model, spec, quantize_bias=not placement.float_bias), spec, calib)
+    return insert_qdq(model, spec, quantize_bias=not placement.float_bias), spec

@@ -1,0 +1,44 @@
+"""TFLite / LiteRT: PyTorch -> ``.tflite`` with litert-torch (no TensorFlow), quantized with ai-edge-quantizer.
+
+It converts from the PyTorch module a family gives each graph (``Graph.torch``), in the layout the family chose
+(NHWC images; split outputs that must not share an int8 scale), so graphs without one are "not built".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgekit.backends.base import Backend, Built, Graph, Run
+from edgekit.config import Strict
+from edgekit.targets import Target
+
+
+class TFLiteSpec(Strict):
+    ranges: Literal["litert", "shared"] = Field(
+        "litert",
+        description="tflite:int8 activation ranges: ai-edge-quantizer's moving-average MinMax (litert), or the run's shared "
+        "calibration ranges matched onto the TFLite tensors (shared); litert measured better on YOLOv5n",
+    )
+
+
+class LiteRTBackend(Backend):
+    name = "tflite"
+    precisions = ("fp32", "fp16", "dynamic", "int8")
+    suffixes = (".tflite",)
+    config = TFLiteSpec
+    build_last = True  # litert-torch loads JAX, whose threads make a later fork (OpenVINO/NNCF tooling) unsafe
+    needs_torch = True
+    install = "tflite"
+
+    def build(self, graph: Graph, target: Target, run: Run) -> Built:
+        from edgekit.backends.litert.builder import build
+
+        return build(graph, target, run)
+
+    def runner(self, path: str | Path, threads: int | None = None, **options: Any):
+        from edgekit.backends.litert.runner import LiteRTRunner
+
+        return LiteRTRunner(path, threads=threads, **options)

@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.artifacts import atomic_path, sha256_file
-from edgekit.backends.base import BuildInputs, BuiltTarget
+from edgekit.backends.base import Built, Graph, Run, file_name
 from edgekit.errors import EdgekitError
 from edgekit.profiling.device import package_version
-from edgekit.recipe import TargetSpec
+from edgekit.targets import Target
 
 INSTALL_FIX = 'pip install -e ".[tflite]"'
 SIGNATURE = "serving_default"
 
 
-def _import(module: str):
+def require(module: str):
     import importlib
 
     try:
@@ -40,53 +40,10 @@ def _import(module: str):
         raise EdgekitError(f"{module.split('.')[0]} is not installed (needed for tflite targets)", fix=INSTALL_FIX) from exc
 
 
-class SplitDetections:
-    """Wraps a YOLO module so it returns ``(boxes, scores)`` instead of one concatenated tensor."""
-
-    def __new__(cls, model, channel_axis: int):
-        import torch
-
-        class _SplitDetections(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, x):
-                y = self.model(x)
-                return y.narrow(channel_axis, 0, 4), y.narrow(channel_axis, 4, y.shape[channel_axis] - 4)
-
-        return _SplitDetections().eval()
-
-
-def convert_fp32(torch_model, input_size: int, batch: int, anchor_based: bool, out_path: Path) -> Path:
-    """Convert the (BN-fused, eval) YOLO module to an NHWC FP32 ``.tflite`` with ``boxes`` and ``scores`` outputs."""
-    import torch
-
-    litert_torch = _import("litert_torch")
-    wrapped = litert_torch.to_channel_last_io(SplitDetections(torch_model, -1 if anchor_based else 1), args=[0]).eval()
-    try:
-        with _quiet_unless_interactive():
-            edge_model = litert_torch.convert(wrapped, (torch.zeros(batch, input_size, input_size, 3),))
-    except Exception as exc:
-        raise EdgekitError(f"litert-torch cannot convert this model ({str(exc).splitlines()[0][:200]})", fix="report the failing op; fp32/int8 ONNX targets still work") from exc
-    with atomic_path(out_path) as tmp, _quiet_unless_interactive():
-        edge_model.export(str(tmp))
-    return out_path
-
-
-def float_regexes(family) -> list[str]:
-    """Tensor-name patterns of the ops kept float: the head's decode and the output split.
-
-    TFLite tensor names carry the PyTorch module path; the head's own ops (not its convs) are named
-    ``...Detect_<i>;<n>``, the split ops ``..._SplitDetections_...;<n>``, the outputs ``serving_default_*``.
-    """
-    head = "Detect" if family.anchor_based else "DetectV8"
-    return [rf".*\.{head}_{family.head_index};.*", r".*_SplitDetections[^/]*;.*", rf"{SIGNATURE}_.*"]
-
-
-def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInputs) -> dict:
-    """Quantize ``fp32_path`` with ai-edge-quantizer into ``out_path``; returns the settings for the manifest."""
-    _import("ai_edge_quantizer")
+def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | None = None, run: Run | None = None) -> dict:
+    """Quantize ``fp32_path`` with ai-edge-quantizer into ``out_path`` (``fp16``, ``dynamic``, or full ``int8``
+    calibrated on the graph's feeds with its float patterns kept float); returns the settings for the manifest."""
+    require("ai_edge_quantizer")
     from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -107,24 +64,23 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
         settings["recipe"] = "dynamic_wi8_afp32: int8 per-channel weights, activations quantized at run time"
     elif precision == "int8":
         q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
-        r = inputs.recipe.quantization
-        kept = float_regexes(inputs.family) if r is not None and r.keep_float.head else []
+        kept = list(graph.torch.float_patterns)
         for regex in kept:
             q.update_quantization_recipe(regex, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        feeds, arg = [], _input_arg(fp32_path)
-        for path in _track(inputs, inputs.calibration_images, "calibrate tflite:int8"):
-            x = inputs.family.preprocess(path)[0][inputs.family.input_name]
-            feeds.append({arg: np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
-        with _quiet_unless_interactive():  # ai-edge-quantizer's own tqdm bars flood non-interactive logs
-            calibration = q.calibrate({SIGNATURE: feeds}, num_threads=inputs.recipe.benchmark.threads)
+        feeds = calibration_feeds(fp32_path, graph, run, f"calibrate tflite:int8{'' if graph.single else ' ' + graph.name}")
+        with quiet_unless_interactive():  # ai-edge-quantizer's own tqdm bars flood non-interactive logs
+            calibration = q.calibrate({SIGNATURE: feeds}, num_threads=run.threads)
         shared = 0
-        if inputs.recipe.tflite.ranges == "shared" and inputs.ranges and r is not None:
+        if run.recipe.tflite.ranges == "shared" and graph.ranges:
             from edgekit.backends.litert.ranges import apply_shared_ranges, match_tensors
             from edgekit.onnx_io import load_onnx
 
-            first = inputs.family.preprocess(inputs.calibration_images[0])[0]
-            matches = match_tensors(fp32_path, load_onnx(inputs.fp32_onnx), sorted(inputs.ranges), first)
-            shared = apply_shared_ranges(calibration, matches, inputs.ranges)
+            # the ranges of the tensors the shared spec quantizes, not those it only observed (head conv outputs that
+            # feed the float decode: a clipped range there would clip box logits)
+            ranges = {t: rng for t, rng in graph.ranges.items() if t in graph.spec_tensors}
+            matches = match_tensors(fp32_path, load_onnx(graph.fp32), sorted(ranges), graph.calibration[0])
+            shared = apply_shared_ranges(calibration, matches, ranges)
+        method = run.recipe.quantization.method if run.recipe.quantization else "minmax"
         settings.update(
             recipe="static_wi8_ai8: int8 per-channel symmetric weights, int8 asymmetric activations",
             calibration={
@@ -132,7 +88,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
                 "shared_ranges": shared,
                 "activation_tensors": len(calibration),
                 "method": (
-                    f"shared {r.method if r else 'minmax'} ranges (matched by value to the ONNX tensors) for {shared} tensors, ai-edge-quantizer's moving-average MinMax for the rest"
+                    f"shared {method} ranges (matched by value to the ONNX tensors) for {shared} tensors, ai-edge-quantizer's moving-average MinMax for the rest"
                     if shared else "ai-edge-quantizer's moving-average MinMax over the calibration images (tflite.ranges: litert)"
                 ),
             },
@@ -140,7 +96,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
         )
     else:
         raise EdgekitError(f"tflite has no precision {precision!r}", fix="use fp32, fp16, dynamic or int8")
-    with _quiet_unless_interactive():
+    with quiet_unless_interactive():
         result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(bytes(result.quantized_model))
@@ -148,7 +104,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, inputs: BuildInput
     return settings
 
 
-def _quiet_unless_interactive():
+def quiet_unless_interactive():
     import contextlib
     import io
 
@@ -169,42 +125,135 @@ def _input_arg(fp32_path: Path) -> str:
     return next(iter(runner.get_signature_runner(SIGNATURE).get_input_details()))
 
 
-def _track(inputs: BuildInputs, items: list, label: str):
-    indices = inputs.progress(label, len(items)) if inputs.progress else range(len(items))
-    return (items[i] for i in indices)
 
 
-def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    """Build one ``tflite:<precision>`` target under ``stage/tflite/``."""
+def calibration_feeds(fp32_path: Path, graph: Graph, run: Run, label: str) -> list[dict[str, np.ndarray]]:
+    """The graph's calibration feeds in the ``.tflite`` signature's names and layout: NHWC for the inputs the
+    module takes channels-last, one row per feed when the converted graph has batch 1."""
+    torch_source = graph.torch
+    names = _signature_inputs(fp32_path)
+    rename = dict(zip(torch_source.input_names, names)) if sorted(names) != sorted(torch_source.input_names) else {}
+    feeds = []
+    for i in run.progress(label, len(graph.calibration)):
+        feed = graph.calibration[i]
+        rows = [{k: v[j : j + 1] for k, v in feed.items()} for j in range(len(next(iter(feed.values()))))] if torch_source.fixed_batch else [feed]
+        for row in rows:
+            out = {}
+            for name, x in row.items():
+                x = np.asarray(x)
+                if name in torch_source.channels_last:
+                    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
+                out[rename.get(name, name)] = x
+            feeds.append(out)
+    return feeds
+
+
+def _signature_inputs(fp32_path: Path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(fp32_path))
+    return list(runner.get_signature_runner(SIGNATURE).get_input_details())
+
+
+def convert(graph: Graph, out_path: Path, batch: int) -> dict:
+    """The FP32 ``.tflite`` of the graph's PyTorch module (kept when it exists); returns the converter settings."""
+    import torch
+
+    source = graph.torch
+    if not out_path.is_file():
+        litert_torch = require("litert_torch")
+        module = litert_torch.to_channel_last_io(source.module, args=[0]).eval() if source.wrap_channels_last else source.module
+        with torch.no_grad(), quiet_unless_interactive():
+            if source.wrap_channels_last:  # positional NHWC sample, as litert-torch's channel-last wrapper takes it
+                edge_model = litert_torch.convert(module, tuple(source.sample.values()))
+            else:
+                edge_model = litert_torch.convert(module, sample_kwargs=source.sample)
+        with atomic_path(out_path) as tmp, quiet_unless_interactive():
+            edge_model.export(str(tmp))
+    return {
+        "tool": "litert-torch",
+        "version": package_version("litert-torch"),
+        "layout": "NHWC" if source.channels_last else "as the contract",
+        "input_shapes": {n: list(x.shape) for n, x in source.sample.items()},
+        "outputs": list(source.output_names),
+        "batch": "static 1 (the runner feeds batches row by row)" if source.fixed_batch else batch,
+    }
+
+
+def _mode(graph: Graph, target: Target) -> str:
+    """What this graph runs in: fp32 | fp16 | dynamic | int8 (full integer, CNNs) | static (weight FULLY_CONNECTED ops)."""
+    if target.precision != "int8":
+        return target.precision
+    if graph.int8 == "float":
+        return "fp32"
+    if graph.kind == "cnn":
+        return "int8"
+    return "static" if graph.int8 == "static" and graph.torch.static_int8 else "dynamic"
+
+
+def _why(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def build(graph: Graph, target: Target, run: Run) -> Built:
+    """One graph of a ``tflite:<precision>`` target under ``stage/tflite/``; ``not_built`` when it cannot convert."""
+    from importlib.util import find_spec
+
+    from edgekit.backends.litert.fully_connected import fully_connected_modes, quantize_fully_connected
     from edgekit.backends.litert.runner import LiteRTRunner
 
-    folder = inputs.stage / "tflite"
-    folder.mkdir(exist_ok=True)
-    fp32 = folder / "model_fp32.tflite"
-    r = inputs.recipe
-    if not fp32.is_file():
-        convert_fp32(inputs.torch_model, r.model.input_size, r.model.batch, inputs.family.anchor_based, fp32)
-    settings: dict = {"converter": {"tool": "litert-torch", "version": package_version("litert-torch"), "layout": "NHWC", "outputs": ["boxes", "scores"]}}
+    source = graph.torch
+    if source is None:
+        return Built(None, target.precision, not_built=f"needs a PyTorch module: LiteRT converts from PyTorch and the {graph.name} graph has none")
+    missing = [name for name in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer") if find_spec(name) is None]
+    if missing:
+        return Built(None, target.precision, not_built=f"{', '.join(missing)} not installed (pip install -e \".[tflite]\")")
+    mode = _mode(graph, target)
+    if mode in ("int8", "static") and graph.calibration is None:
+        return Built(None, target.precision, not_built=f"no calibration samples for the {graph.name} graph's static int8")
+    folder = run.folder("tflite")
+    fp32 = folder / file_name(graph, "model_fp32.tflite")
+    settings: dict = {}
+    try:
+        settings["converter"] = convert(graph, fp32, run.recipe.model.batch)
+    except Exception as exc:  # litert-torch raises anything from torch.export, its JAX lowering or the MLIR converter
+        return Built(None, target.precision, not_built=f"litert-torch cannot convert the {graph.name} graph ({_why(exc)})")
     path = fp32
-    if target.precision != "fp32":
-        path = folder / f"model_{target.precision}.tflite"
-        settings["quantization"] = quantize(fp32, path, target.precision, inputs)
-    input_name = inputs.family.input_name
+    if mode != "fp32":
+        path = folder / file_name(graph, f"model_{mode}.tflite")
+        try:
+            if mode == "static":
+                settings["quantization"] = quantize_fully_connected(fp32, path, graph, run)
+            else:
+                settings["quantization"] = quantize(fp32, path, mode, graph, run)
+                if graph.kind != "cnn":
+                    settings["quantization"]["fully_connected"] = fully_connected_modes(path)
+        except EdgekitError:
+            raise
+        except Exception as exc:
+            return Built(None, target.precision, not_built=f"ai-edge-quantizer cannot quantize the {graph.name} graph to {mode} ({_why(exc)})")
+    if target.precision == "int8" and graph.kind != "cnn" and graph.int8 == "static" and mode == "dynamic":
+        settings["note"] = f"static int8 of the {graph.name} graph is built as dynamic int8 for LiteRT"
+    threads = run.threads
 
     def make_runner() -> LiteRTRunner:
-        return LiteRTRunner(path, threads=r.benchmark.threads, input_names=[input_name], output_names=["boxes", "scores"])
+        return LiteRTRunner(path, threads=threads, input_names=list(source.input_names), output_names=list(source.output_names), pad_sequences=source.pad_sequences)
 
-    with make_runner() as runner:
-        settings["interpreter"] = {"runtime": "ai-edge-litert", "version": package_version("ai-edge-litert"), "delegate": "XNNPACK", "threads": r.benchmark.threads, "io_dtypes": runner.io_dtypes}
+    try:
+        with make_runner() as runner:
+            settings["interpreter"] = {
+                "runtime": "ai-edge-litert", "version": package_version("ai-edge-litert"), "delegate": "XNNPACK", "threads": threads,
+                "io_dtypes": runner.io_dtypes, "input_shapes": {m.name: list(m.shape) for m in runner.inputs},
+            }
+    except Exception as exc:
+        return Built(None, target.precision, not_built=f"LiteRT cannot load the {graph.name} graph ({_why(exc)})")
     notes = []
-    q = r.quantization
-    if target.precision == "int8" and q is not None and (q.keep_float.nodes or q.keep_float.op_types):
-        notes.append("keep_float.nodes/op_types name ONNX nodes and are not applied to the tflite model (only the head decode is kept float)")
-    if target.precision == "int8":
+    q = run.recipe.quantization
+    if mode == "int8" and q is not None and (q.keep_float.nodes or q.keep_float.op_types):
+        notes.append("keep_float.nodes/op_types name ONNX nodes and are not applied to the tflite model (only the family's float patterns are)")
+    if mode == "int8":
         notes.append(settings["quantization"]["calibration"]["method"])
     files = [fp32] + ([path] if path != fp32 else [])
     settings["sha256"] = {p.name: sha256_file(p) for p in files}
-    return BuiltTarget(target, path, make_runner, files=files, settings=settings, notes=notes)
-
-
-__all__ = ["build", "convert_fp32", "quantize", "SplitDetections"]
+    return Built(path, mode, make_runner, files, settings, notes=notes)

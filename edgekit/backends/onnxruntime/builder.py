@@ -1,16 +1,16 @@
-"""ONNX Runtime: the fused FP32 ONNX, and the shared INT8 Q/DQ ONNX placed for ORT's QLinear fusions."""
+"""ONNX Runtime builds: nothing to convert; a target runs the graph's FP32 ONNX or its quantized form."""
 
 from __future__ import annotations
 
-from edgekit.backends.base import BuildInputs, BuiltTarget
-from edgekit.recipe import TargetSpec
+from edgekit.backends.base import Built, Graph, Run
+from edgekit.targets import Target
 
 
-def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    """Nothing to convert: ORT runs the ONNX files the export and quantize stages wrote."""
+def build(graph: Graph, target: Target, run: Run) -> Built:
     from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
-    path = inputs.int8_onnx if target.precision == "int8" else inputs.fp32_onnx
-    threads = inputs.recipe.benchmark.threads
+    form = graph.quantized.get(target.precision) if target.quantized else None
+    path = form.path if form else graph.fp32
+    threads = run.threads
     settings = {"execution_provider": "CPUExecutionProvider", "graph_optimization_level": "all", "intra_op_threads": threads}
-    return BuiltTarget(target, path, lambda: OnnxRuntimeRunner(path, threads=threads), files=[path], settings=settings)
+    return Built(path, form.mode if form else "fp32", lambda: OnnxRuntimeRunner(path, threads=threads), [path], settings)

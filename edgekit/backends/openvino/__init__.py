@@ -1,0 +1,43 @@
+"""OpenVINO: IR converted from the FP32 ONNX, INT8 by NNCF, compiled for ``openvino.device``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgekit.backends.base import Backend, Built, Graph, Run
+from edgekit.config import Strict
+from edgekit.targets import Target
+
+
+class OpenVinoSpec(Strict):
+    device: str = Field("CPU", description="OpenVINO device the models are compiled for")
+    preset: Literal["mixed", "performance"] = Field("mixed", description="NNCF preset: mixed = symmetric weights, asymmetric activations")
+    accuracy_control_max_images: int | None = Field(None, ge=1, description="evaluation images NNCF's accuracy control may use (None: all)")
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    precisions = ("fp32", "bf16", "fp16", "int8")
+    suffixes = (".xml",)
+    config = OpenVinoSpec
+    accuracy_control = True
+    install = "openvino"
+
+    def available(self) -> str | None:
+        from importlib.util import find_spec
+
+        missing = [m for m in ("openvino", "nncf") if find_spec(m) is None]
+        return f"{', '.join(missing)} not installed (pip install 'edgekit[openvino]')" if missing else None
+
+    def build(self, graph: Graph, target: Target, run: Run) -> Built:
+        from edgekit.backends.openvino.builder import build
+
+        return build(graph, target, run)
+
+    def runner(self, path: str | Path, threads: int | None = None, **options: Any):
+        from edgekit.backends.openvino.runner import OpenVinoRunner
+
+        return OpenVinoRunner(path, threads=threads, **options)

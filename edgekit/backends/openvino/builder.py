@@ -6,9 +6,8 @@ values read back from the compiled model go into the report, so it states what a
 
 from __future__ import annotations
 
-from edgekit.backends.base import BuildInputs, BuiltTarget
-from edgekit.errors import EdgekitError
-from edgekit.recipe import TargetSpec
+from edgekit.backends.base import Built, Graph, Run, file_name
+from edgekit.targets import Target
 
 # target precision -> (IR file, compress weights to fp16, compile-time INFERENCE_PRECISION_HINT)
 VARIANTS = {
@@ -57,51 +56,48 @@ def _auto_hint(device: str) -> str:
     return "bf16" if "BF16" in caps else "f32"
 
 
-def _float_nodes(inputs: BuildInputs) -> list[str]:
-    """NNCF's ignored scope: the whole detection head (its 1x1 convolutions too, as Ultralytics' OpenVINO export
-    does) plus the recipe's own nodes. Measured on YOLOv5n (158 images): head float +0.09 pt at 15.5 ms; decode
-    only float -0.22 pt at 15.2 ms; Ultralytics' scope +0.08 pt at 15.6 ms (ORT FP32 27 ms, interleaved)."""
-    q = inputs.recipe.quantization
-    if q is None or not q.keep_float.head:
-        return inputs.float_nodes
-    import onnx
+def build(graph: Graph, target: Target, run: Run) -> Built:
+    """One graph of an ``openvino:<precision>`` target: the float IR, or int8 by NNCF (a CNN: post-training
+    quantization with the graph's float scope ignored, optionally accuracy-controlled; a transformer: NNCF's
+    transformer rules, or int8 weight compression for a dynamic graph)."""
+    from edgekit.backends.openvino.nncf_quant import quantize_openvino, quantize_openvino_transformer, quantize_openvino_with_accuracy_control
 
-    model = onnx.load(str(inputs.fp32_onnx), load_external_data=False)
-    return inputs.family.head_nodes(model) + list(q.keep_float.nodes)
-
-
-def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
-    from edgekit.backends.openvino.nncf_quant import quantize_openvino, quantize_openvino_with_accuracy_control
-
-    r, spec = inputs.recipe, inputs.recipe.openvino
+    spec = run.recipe.openvino
+    int8 = target.precision == "int8" and graph.int8 != "float"
     name, compress, _ = VARIANTS[target.precision]
     hint = precision_hint(target.precision, spec.device)
-    folder = inputs.stage / "openvino"
-    folder.mkdir(exist_ok=True)
-    xml = folder / (name.replace("int8", "int8_ac") if target.accuracy_control else name)
+    folder = run.folder("openvino")
+    if target.accuracy_control:
+        name = name.replace("int8", "int8_ac")
+    elif target.precision == "int8" and not int8:  # a graph kept float in int8 targets
+        name = "model_fp32.xml"
+    xml = folder / file_name(graph, name)
     settings: dict = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
-    if target.precision == "int8":
-        preprocess, float_nodes = inputs.family.preprocess, _float_nodes(inputs)
+    if int8 and graph.kind == "cnn":
+        float_nodes = graph.backend_float_nodes if graph.backend_float_nodes is not None else graph.float_nodes
+        feeds = graph.calibration
+        if feeds is None:
+            return Built(None, target.precision, not_built=f"no calibration samples for the {graph.name} graph")
         settings["nncf"] = {
-            "preset": spec.preset, "fast_bias_correction": False, "calibration_images": len(inputs.calibration_images),
-            "ignored_onnx_nodes": len(float_nodes), "head": "float (convolutions and decode)" if r.quantization.keep_float.head else "quantized",
+            "preset": spec.preset, "fast_bias_correction": False, "calibration_images": len(feeds),
+            "ignored_onnx_nodes": len(float_nodes), "head": "float (convolutions and decode)" if graph.backend_float_nodes else "quantized",
         }
         if target.accuracy_control:
-            ev = r.evaluation
-            max_drop = r.budgets["mAP50-95"].max_drop
-            if max_drop is None:
-                raise EdgekitError("accuracy_control needs budgets.mAP50-95.max_drop (absolute)", fix="set budgets: {mAP50-95: {max_drop: 0.005}}")
-            quantize_openvino_with_accuracy_control(
-                inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, inputs.family,
-                ev.dataset.images, ev.dataset.annotations, max_drop=max_drop, max_eval_images=spec.accuracy_control_max_images, preset=spec.preset,
-            )
-            settings["nncf"]["accuracy_control"] = {"metric": "mAP50-95", "max_drop": max_drop, "max_images": spec.accuracy_control_max_images}
+            check = graph.accuracy
+            if check is None:
+                return Built(None, target.precision, not_built=f"the {graph.name} graph has no accuracy check for NNCF's accuracy control")
+            quantize_openvino_with_accuracy_control(graph.fp32, xml, feeds, float_nodes, check, preset=spec.preset)
+            settings["nncf"]["accuracy_control"] = {"metric": check.metric, "max_drop": check.max_drop, "max_images": spec.accuracy_control_max_images}
         else:
-            quantize_openvino(inputs.fp32_onnx, xml, inputs.calibration_images, preprocess, float_nodes, preset=spec.preset)
+            quantize_openvino(graph.fp32, xml, feeds, float_nodes, preset=spec.preset)
+    elif int8:
+        feeds = list(graph.calibration) if graph.int8 == "static" and graph.calibration is not None else None
+        settings["nncf"] = quantize_openvino_transformer(graph.fp32, xml, feeds, graph.int8)
     else:
-        convert_float_ir(inputs.fp32_onnx, xml, compress)
-    make_runner, settings["compiled"] = compiled_runner(xml, r.benchmark.threads, hint, spec.device)
+        convert_float_ir(graph.fp32, xml, compress)
+    make_runner, settings["compiled"] = compiled_runner(xml, run.threads, hint, spec.device)
     notes = []
     if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
         notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
-    return BuiltTarget(target, xml, make_runner, files=[xml, xml.with_suffix(".bin")], settings=settings, notes=notes)
+    precision = (graph.int8 if graph.kind != "cnn" else "int8") if int8 else ("fp32" if target.precision == "int8" else target.precision)
+    return Built(xml, precision, make_runner, [xml, xml.with_suffix(".bin")], settings, notes=notes)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.base import AccuracyCheck, LazyFeeds
 from edgekit.errors import EdgekitError
 from edgekit.backends.openvino.runner import import_openvino, read_model
 
@@ -67,14 +68,6 @@ def openvino_ignored_names(ov_model, onnx_model, float_nodes: Iterable[str]) -> 
     return sorted(ignored)
 
 
-def _feed_fn(preprocess: Callable) -> Callable[[Path], Any]:
-    def transform(path: Path):
-        out = preprocess(path)
-        return out[0] if isinstance(out, tuple) else out  # family.preprocess returns (feed, letterbox)
-
-    return transform
-
-
 def save_ir_atomic(ov_model, out_xml: str | Path, compress_to_fp16: bool = False) -> Path:
     """``openvino.save_model`` into a temporary folder beside ``out_xml``, then rename .bin and .xml into place."""
     ov = import_openvino()
@@ -94,12 +87,12 @@ def save_ir_atomic(ov_model, out_xml: str | Path, compress_to_fp16: bool = False
     return out_xml
 
 
-def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset: str):  # noqa: ARG001 (images: API symmetry)
+def _prepare(fp32_onnx: Path, feeds: LazyFeeds, float_nodes: list[str], preset: str):
     nncf = _import_nncf()
     import onnx
 
     fp32_onnx = Path(fp32_onnx)
-    if not images:
+    if not len(feeds):
         raise EdgekitError("no calibration images", fix="pass at least one calibration image")
     read_model(fp32_onnx)  # one-line error for a missing/corrupt model
     # convert_model, not read_model: its conversion passes give a smaller IR and a faster INT8 model (measured
@@ -116,90 +109,48 @@ def _prepare(fp32_onnx: Path, images: list[Path], float_nodes: list[str], preset
 def quantize_openvino(
     fp32_onnx: Path,
     out_xml: Path,
-    images: list[Path],
-    preprocess: Callable,
+    feeds: LazyFeeds,
     float_nodes: list[str],
     preset: str = "mixed",
     fast_bias_correction: bool = False,
 ) -> Path:
     """INT8 OpenVINO IR of ``fp32_onnx`` by NNCF post-training quantization; returns ``out_xml``.
 
-    ``preprocess(path)`` gives the model feed (a dict, or the family's ``(feed, letterbox)``); ``float_nodes`` are
-    ONNX node names (``family.float_nodes(onnx_model)``) mapped to OpenVINO op names and ignored by NNCF.
-    ``mixed``: symmetric weights, asymmetric activations. All ``images`` are used (``subset_size=len(images)``).
-    ``fast_bias_correction=False`` runs NNCF's full bias correction: on YOLOv5n -0.22 pt instead of -0.44 pt with the
-    fast one, at the same latency, for about a minute more of calibration.
+    ``feeds``: the calibration feeds (made one at a time from their items); ``float_nodes`` are ONNX node names
+    mapped to OpenVINO op names and ignored by NNCF. ``mixed``: symmetric weights, asymmetric activations. Every
+    feed is used (``subset_size=len(feeds)``). ``fast_bias_correction=False`` runs NNCF's full bias correction: on
+    YOLOv5n -0.22 pt instead of -0.44 pt with the fast one, at the same latency, for about a minute more.
     """
     nncf = _import_nncf()
-    ov_model, preset_value, scope = _prepare(fp32_onnx, images, float_nodes, preset)
-    dataset = nncf.Dataset(list(images), _feed_fn(preprocess))
-    quantized = nncf.quantize(ov_model, dataset, preset=preset_value, subset_size=len(images), ignored_scope=scope, fast_bias_correction=fast_bias_correction)
+    ov_model, preset_value, scope = _prepare(fp32_onnx, feeds, float_nodes, preset)
+    dataset = nncf.Dataset(feeds.items, feeds.transform)
+    quantized = nncf.quantize(ov_model, dataset, preset=preset_value, subset_size=len(feeds), ignored_scope=scope, fast_bias_correction=fast_bias_correction)
     return save_ir_atomic(quantized, out_xml)
 
 
-def coco_validation_fn(family, annotations: str | Path) -> Callable:
-    """``validation_fn(compiled_model, items) -> mAP50-95`` for NNCF; items are ``(image_id, path)``.
-
-    Detections come from ``family.postprocess`` and are scored by edgekit's COCO evaluator (pycocotools).
-    """
-    from edgekit.evaluators.coco import coco_category_ids, evaluate_coco
-    from edgekit.models.yolo.processing import to_coco
-
-    category_ids = coco_category_ids(annotations)
-
-    def validate(compiled_model, items: Iterable) -> float:
-        detections: list[dict] = []
-        image_ids: list[int] = []
-        request = compiled_model.create_infer_request()
-        for image_id, path in items:
-            feed, meta = family.preprocess(path)
-            results = request.infer(feed)
-            outputs = {port.get_any_name(): np.asarray(results[port]) for port in compiled_model.outputs}
-            detections.extend(to_coco(family.postprocess(outputs, meta), image_id, category_ids))
-            image_ids.append(int(image_id))
-        return float(evaluate_coco(detections, annotations, image_ids).metrics["mAP50-95"])
-
-    return validate
-
-
 def quantize_openvino_with_accuracy_control(
-    fp32_onnx: Path,
-    out_xml: Path,
-    images: list[Path],
-    preprocess: Callable,
-    float_nodes: list[str],
-    family,
-    eval_images_dir: str | Path,
-    annotations: str | Path,
-    max_drop: float = 0.01,
-    max_eval_images: int | None = None,
-    preset: str = "mixed",
+    fp32_onnx: Path, out_xml: Path, feeds: LazyFeeds, float_nodes: list[str], check: AccuracyCheck, preset: str = "mixed"
 ) -> Path:
     """``nncf.quantize_with_accuracy_control``: quantize, then revert the most harmful layers to float until the
-    COCO mAP50-95 drop on the validation set is at most ``max_drop`` (absolute, e.g. 0.01 = 1 point).
+    metric's drop on ``check.items`` is at most ``check.max_drop`` (absolute).
 
     Slow: NNCF validates the FP32 and INT8 models on the whole validation set, ranks layers (one validation per
     candidate group on a subset) and re-validates after each revert -- tens of full evaluations; on 2 CPU cores
-    and 158 images expect tens of minutes. Use ``max_eval_images`` to trade trust for time.
+    and 158 images expect tens of minutes. Fewer validation items trade trust for time.
     """
-    from edgekit.evaluators.coco import load_coco_images
-
     nncf = _import_nncf()
-    ov_model, preset_value, scope = _prepare(fp32_onnx, images, float_nodes, preset)
-    items = load_coco_images(annotations, eval_images_dir)[: max_eval_images or None]
-    if not items:
-        raise EdgekitError("no evaluation images found", annotations, "check the images folder and annotations")
-    calibration = nncf.Dataset(list(images), _feed_fn(preprocess))
-    validation = nncf.Dataset(items, lambda item: family.preprocess(item[1])[0])
+    ov_model, preset_value, scope = _prepare(fp32_onnx, feeds, float_nodes, preset)
+    if not check.items:
+        raise EdgekitError("no evaluation images found for accuracy control", fix="check the evaluation images folder and annotations")
     quantized = nncf.quantize_with_accuracy_control(
         ov_model,
-        calibration_dataset=calibration,
-        validation_dataset=validation,
-        validation_fn=coco_validation_fn(family, annotations),
-        max_drop=max_drop,
+        calibration_dataset=nncf.Dataset(feeds.items, feeds.transform),
+        validation_dataset=nncf.Dataset(check.items, check.transform),
+        validation_fn=check.validate,
+        max_drop=check.max_drop,
         drop_type=nncf.DropType.ABSOLUTE,
         preset=preset_value,
-        subset_size=len(images),
+        subset_size=len(feeds),
         ignored_scope=scope,
         fast_bias_correction=False,
     )

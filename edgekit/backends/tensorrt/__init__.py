@@ -1,0 +1,49 @@
+"""TensorRT: the Q/DQ ONNX handed to TensorRT (explicit quantization from the run's shared ranges), its lint, build
+config and ``trtexec`` command; the engine where TensorRT or trtexec exists (NVIDIA GPUs, Jetson)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgekit.backends.base import Backend, Built, Graph, Run
+from edgekit.config import PathText, Strict
+from edgekit.targets import Target
+
+
+class TensorRTSpec(Strict):
+    """Engine build settings (see edgekit.backends.tensorrt.engine.TensorRTBuildConfig)."""
+
+    workspace_mb: int = Field(1024, ge=1)
+    max_batch: int = Field(1, ge=1, description="optimization profile max batch (needs export.dynamic_batch when > 1)")
+    timing_cache: PathText | None = Field(None, description="persisted timing cache file, reused across builds")
+    dla_core: int | None = Field(None, ge=0, description="Jetson DLA core; layers DLA cannot run fall back to the GPU")
+    builder_optimization_level: int | None = Field(None, ge=0, le=5)
+    build: Literal["auto", "never"] = Field("auto", description="auto: build when TensorRT or trtexec exists; never: write the ONNX, config and trtexec command only")
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    suffixes = (".engine", ".plan")
+    config = TensorRTSpec
+    install = "tensorrt"
+
+    def placement(self):
+        from edgekit.quantization.placement import TENSORRT_PLACEMENT
+
+        return TENSORRT_PLACEMENT
+
+    def build(self, graph: Graph, target: Target, run: Run) -> Built:
+        """Writes the ONNX, config and trtexec command everywhere; the engine only where TensorRT exists (else the
+        target is reported as not built, with the command to build it on the device)."""
+        from edgekit.backends.tensorrt.builder import build
+
+        return build(graph, target, run)
+
+    def runner(self, path: str | Path, threads: int | None = None, **options: Any):
+        from edgekit.backends.tensorrt.runner import TensorRTRunner
+
+        return TensorRTRunner(path, **options)

@@ -16,11 +16,12 @@ import shutil
 from pathlib import Path
 
 from edgekit.artifacts import sha256_file, write_json_atomic
-from edgekit.backends.base import BuildInputs, BuiltTarget
+from edgekit.backends.base import Built, Graph, Run, file_name
 from edgekit.backends.tensorrt.engine import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, import_tensorrt, manifest_path, onnx_input_shapes, trtexec_command
 from edgekit.errors import EdgekitError
 from edgekit.onnx_io import load_onnx, save_onnx
-from edgekit.recipe import Recipe, TargetSpec
+from edgekit.recipe import Recipe
+from edgekit.targets import Target
 
 
 def build_config(recipe: Recipe, precision: str) -> TensorRTBuildConfig:
@@ -47,57 +48,57 @@ def tensorrt_available() -> str | None:
         return "trtexec" if shutil.which("trtexec") else None
 
 
-def quantized_onnx(inputs: BuildInputs, out: Path) -> tuple[Path, list[str]]:
-    """Write the TensorRT-placed Q/DQ ONNX and return it with its lint issues (empty when clean)."""
-    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt, quantize_for_tensorrt
+def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, list[str]]:
+    """Write the TensorRT-placed Q/DQ ONNX from the run's shared ranges and return it with its lint issues."""
+    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt
+    from edgekit.quantization.placement import TENSORRT_PLACEMENT
+    from edgekit.quantization.ptq import place
 
-    q = inputs.recipe.quantization
-    result = quantize_for_tensorrt(
-        load_onnx(inputs.fp32_onnx), inputs.calibration_images, lambda p: inputs.family.preprocess(p)[0],
-        method=q.method, percentile=q.percentile, per_channel=q.per_channel, float_nodes=inputs.float_nodes,
-        float_ops=q.keep_float.op_types, threads=inputs.recipe.benchmark.threads, progress=inputs.progress,
-        also_calibrate=inputs.calibrated_tensors,
-    )
-    save_onnx(result.model, out, {"precision": "int8", "placement": "tensorrt"})
-    write_json_atomic(out.with_name("quant_spec_tensorrt.json"), result.spec.to_dict())
-    return out, [str(i) for i in lint_qdq_for_tensorrt(result.model)]
+    model, spec = place(load_onnx(graph.fp32), TENSORRT_PLACEMENT, graph.ranges, graph.float_nodes, graph.float_ops, calibration)
+    save_onnx(model, out, {"precision": "int8", "placement": "tensorrt"})
+    write_json_atomic(out.with_name("quant_spec_tensorrt.json"), spec.to_dict())
+    return out, [str(i) for i in lint_qdq_for_tensorrt(model)]
 
 
-def build(inputs: BuildInputs, target: TargetSpec) -> BuiltTarget:
+def build(graph: Graph, target: Target, run: Run) -> Built:
     from edgekit.backends.tensorrt.runner import TensorRTRunner
 
-    folder = inputs.stage / "tensorrt"
-    folder.mkdir(exist_ok=True)
+    if graph.kind != "cnn":
+        return Built(None, target.precision, not_built=f"TensorRT engines for {graph.kind} graphs are not built by edgekit yet")
+    folder = run.folder("tensorrt")
     precision = target.precision
     settings: dict = {}
     files: list[Path] = []
     if precision == "int8":
-        onnx_path, issues = quantized_onnx(inputs, folder / "model_int8_qdq.onnx")
+        form = graph.quantized.get("int8")
+        if not graph.ranges or form is None:
+            return Built(None, precision, not_built=f"no shared calibration ranges for the {graph.name} graph")
+        onnx_path, issues = quantized_onnx(graph, folder / file_name(graph, "model_int8_qdq.onnx"), form.settings["calibration"])
         files += [onnx_path, folder / "quant_spec_tensorrt.json"]
         settings["lint"] = {"issues": issues, "passed": not issues}
         if issues:
             raise EdgekitError(f"the TensorRT Q/DQ model breaks {len(issues)} explicit-quantization rule(s), first: {issues[0]}", onnx_path, "report this: edgekit's TensorRT placement should always lint clean")
     else:
-        onnx_path = folder / "model_fp32.onnx"
+        onnx_path = folder / file_name(graph, "model_fp32.onnx")
         if not onnx_path.is_file():
-            shutil.copyfile(inputs.fp32_onnx, onnx_path)
+            shutil.copyfile(graph.fp32, onnx_path)
         files.append(onnx_path)
-    config = build_config(inputs.recipe, precision)
-    engine = folder / f"model_{precision}.engine"
+    config = build_config(run.recipe, precision)
+    engine = folder / file_name(graph, f"model_{precision}.engine")
     rel_onnx, rel_engine = Path("tensorrt") / onnx_path.name, Path("tensorrt") / engine.name  # run from the output folder
     command = trtexec_command(rel_onnx, rel_engine, config, onnx_input_shapes(onnx_path))
     settings.update(config=config.model_dump(mode="json"), trtexec=shlex.join(command), onnx_sha256=sha256_file(onnx_path))
-    plan = folder / f"build_{precision}.json"
+    plan = folder / file_name(graph, f"build_{precision}.json")
     write_json_atomic(plan, {"target": target.name, "onnx": str(rel_onnx), "engine": str(rel_engine), **settings})
     files.append(plan)
     how = tensorrt_available()
-    reason = "tensorrt.build is 'never'" if inputs.recipe.tensorrt.build == "never" else None if how else TENSORRT_MISSING
+    reason = "tensorrt.build is 'never'" if run.recipe.tensorrt.build == "never" else None if how else TENSORRT_MISSING
     if reason:
-        return BuiltTarget(target, onnx_path, None, files=files, settings=settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below")
+        return Built(onnx_path, precision, None, files, settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below")
     build_engine(onnx_path, engine, config)
     files += [engine, manifest_path(engine)]
     settings["builder"] = how
-    return BuiltTarget(target, engine, lambda: TensorRTRunner(engine), files=files, settings=settings)
+    return Built(engine, precision, lambda: TensorRTRunner(engine), files, settings)
 
 
 def build_from_run(run_dir: str | Path, precision: str | None = None) -> list[Path]:

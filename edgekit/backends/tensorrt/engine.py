@@ -180,7 +180,7 @@ def trtexec_command(
 # ----------------------------------------------------------------------------------------------------- device info
 
 
-def _cudart():
+def import_cudart():
     """cuda-python's runtime module (``cuda.bindings.runtime`` in cuda-python >= 12.6, ``cuda.cudart`` before)."""
     try:
         from cuda.bindings import runtime as cudart
@@ -192,7 +192,7 @@ def _cudart():
 def _cuda_info() -> dict[str, str]:
     """CUDA runtime version and GPU 0's name and compute capability, from cuda-python when it is installed."""
     try:
-        cudart = _cudart()
+        cudart = import_cudart()
         err, version = cudart.cudaRuntimeGetVersion()
         info = {}
         if int(err) == 0:

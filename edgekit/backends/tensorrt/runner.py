@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.tensorrt.engine import TENSORRT_FIX, TENSORRT_MISSING, _cudart, check_engine_manifest, current_device_info, import_tensorrt
+from edgekit.backends.tensorrt.engine import TENSORRT_FIX, TENSORRT_MISSING, check_engine_manifest, current_device_info, import_cudart, import_tensorrt
 from edgekit.errors import EdgekitError
 from edgekit.runners.base import Runner, TensorMeta
 
@@ -48,7 +48,7 @@ class TensorRTRunner(Runner):
         except ImportError as exc:
             raise EdgekitError(TENSORRT_MISSING, self.engine_path, TENSORRT_FIX) from exc
         try:
-            cudart = _cudart()
+            cudart = import_cudart()
         except ImportError as exc:
             raise EdgekitError("cuda-python is not installed (TensorRTRunner uses it for device memory)", self.engine_path, "pip install cuda-python") from exc
         if self.check_manifest:

@@ -1,0 +1,149 @@
+"""The family contract: what the one job (``edgekit.job``) asks of a model family.
+
+A family (YOLO, CLIP, a VLM, a user's ONNX model) is one module registered by name (``edgekit.registry``). It
+declares its recipe section and the graphs it exports (one, or a composite such as CLIP's two towers), loads its
+model and data, gives each graph's feeds (export check, calibration, latency), float scope, quantization (default:
+static Q/DQ from the run's shared ranges) and the PyTorch module a converting backend starts from, evaluates a
+built target, and finalizes the run folder. Backends never import a family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from edgekit.backends.base import AccuracyCheck, Feed, Graph, LazyFeeds, TorchSource
+
+if TYPE_CHECKING:
+    from edgekit.job import Job
+    from edgekit.recipe import Recipe
+    from edgekit.runners.base import Runner
+    from edgekit.targets import Target
+
+
+@dataclass
+class GraphExport:
+    """One graph a family exports: the module, its example call and names, and real inputs for the PyTorch check."""
+
+    name: str
+    module: Any  # torch.nn.Module
+    example_inputs: tuple
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]] | None
+    check_feeds: list[Feed]
+    kind: Literal["cnn", "transformer", "decoder"] = "cnn"
+    check_module: Any = None  # what the ONNX graph is checked against, when not ``module`` (YOLO: before BN folding)
+
+
+@dataclass
+class Evaluation:
+    """What evaluating one built target gives: gated metrics, fidelity to the reference, and the raw outputs a later
+    target is compared against."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, float] | None = None
+    per_class_ap: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    outputs: Any = None
+
+
+class Family:
+    """Base of every family; the job calls these in order: ``load``, ``graphs``, per graph ``float_nodes`` /
+    ``calibration`` / ``quantize`` / ``torch_source`` / ``accuracy``, then ``evaluate`` per target, ``latency_feeds``
+    or ``speed``, ``finalize``."""
+
+    name: ClassVar[str]
+    config: ClassVar[type[BaseModel] | None] = None  # its recipe section, ``recipe.<name>``
+    backends: ClassVar[tuple[str, ...] | None] = None  # None: every registered backend
+    forms: ClassVar[tuple[str, ...]] = ("int8",)  # quantized ONNX forms its quantization makes (ORT runs them)
+    metrics: ClassVar[tuple[str, ...]] = ()
+    main_graph: ClassVar[str | None] = None
+    keep_raw: ClassVar[bool] = True  # keep the unfused ``<graph>_fp32_raw.onnx`` exports in the run folder  # the graph a variant's ``model_path`` names (None: the first)  # metrics ``evaluate`` returns (budgets may name these)
+
+    def __init__(self, job: "Job") -> None:
+        self.job = job
+        self.recipe: "Recipe" = job.recipe
+        self.provenance: dict[str, Any] = {}
+
+    # --- recipe -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def check_recipe(cls, recipe: "Recipe") -> None:
+        """Raise ``ValueError`` for a recipe this family cannot run (called while the recipe is validated)."""
+
+    @property
+    def section(self) -> BaseModel | None:
+        return getattr(self.recipe, self.name, None) if self.config else None
+
+    # --- model and graphs -------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the weights and the data the run needs; record every input file with ``job.record_input``."""
+
+    def graphs(self) -> list[GraphExport]:
+        """The graphs to export, in order."""
+        raise NotImplementedError
+
+    def check_graphs(self) -> None:
+        """Checks that need every FP32 graph exported (VLM: greedy generation against PyTorch ``generate``)."""
+
+    def float_nodes(self, graph: str, model) -> tuple[list[str], list[str] | None]:
+        """ONNX nodes the shared spec keeps float, and the (wider or equal) scope of backends with their own
+        quantizer (None: the same)."""
+        q = self.recipe.quantization
+        return (list(q.keep_float.nodes) if q else []), None
+
+    def calibration(self, graph: str) -> LazyFeeds | None:
+        """The graph's calibration feeds (never evaluation data)."""
+        return None
+
+    def quantize(self, graph: Graph) -> None:
+        """Fill ``graph.quantized`` (precision -> ONNX form) and ``graph.int8``: default, the job's static Q/DQ from
+        the one shared calibration pass."""
+        self.job.static_qdq(graph)
+
+    def torch_source(self, graph: str) -> TorchSource | None:
+        """The PyTorch module a converting backend (LiteRT) starts from; None: such backends report "not built"."""
+        return None
+
+    def accuracy(self, graph: str) -> AccuracyCheck | None:
+        """How a backend's accuracy-aware quantization scores a candidate (NNCF accuracy control)."""
+        return None
+
+    # --- measurement ------------------------------------------------------------------------------------------
+
+    def evaluate(self, target: "Target", runners: dict[str, "Runner"], reference: Evaluation | None) -> Evaluation:
+        """Metrics of one built target (``runners``: graph -> loaded runner); fidelity against ``reference``."""
+        raise NotImplementedError
+
+    def latency_feeds(self) -> dict[str, Feed] | None:
+        """One fixed-shape feed per graph for interleaved latency (None: the family times itself in ``speed``)."""
+        return None
+
+    def speed(self, runners: dict["Target", dict[str, "Runner"]]) -> dict["Target", dict[str, Any]]:
+        """Family-specific speed (VLM: time to first token, tokens/s), interleaved over targets."""
+        return {}
+
+    def memory(self, target: "Target", files: dict[str, Path]) -> dict[str, float] | None:
+        """Peak memory of a target measured the family's own way (None: the job's in-process peak)."""
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """Family settings for every variant's manifest."""
+        return {}
+
+    def finalize(self, reference: Evaluation | None, files: dict["Target", dict[str, Path]]) -> None:
+        """Write deployment extras into the run folder (NMS graphs, processor and vlm.json, class embeddings)."""
+
+
+def random_feed(shape: tuple[int, ...], name: str) -> dict[str, np.ndarray]:
+    return {name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+
+
+Preprocess = Callable[[Any], Feed]

@@ -1,0 +1,348 @@
+"""The one job, written once for every family and backend:
+
+recipe -> the family's graphs exported to ONNX, checked against PyTorch, fused and verified -> one calibration pass
+per graph whose ranges serve every placement -> quantized forms -> one build per graph x target -> evaluate every
+built target, then time them all round-robin -> typed report.
+
+Everything is built in a staging folder beside ``--out`` and renamed into place only when the whole run
+succeeded, so a failed run never leaves a half-built model or report behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import edgekit
+from edgekit import progress, registry
+from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
+from edgekit.backends.base import Built, Graph, Quantized, Run
+from edgekit.errors import EdgekitError
+from edgekit.families.base import Evaluation, Family, GraphExport
+from edgekit.onnx_io import load_onnx, save_onnx
+from edgekit.recipe import Recipe
+from edgekit.reports.schema import Component, LatencyMs, Report, Variant
+from edgekit.targets import Target
+
+LATENCY_KEYS = ("median", "p90", "p99", "min", "mean")
+
+
+def versions() -> dict[str, str]:
+    """edgekit's and every runtime's version, for each variant's manifest."""
+    from edgekit.profiling.device import device_fingerprint
+
+    return {"edgekit": edgekit.__version__, **device_fingerprint()["versions"]}
+
+
+def reference_target(targets: list[Target], built: dict[Target, dict[str, Built]]) -> Target:
+    """The one rule for the reference every budget and fidelity is measured against: the first built fp32 target,
+    ONNX Runtime's before any other backend's, in recipe order; without a built fp32 target, the first built one."""
+    ok = [t for t in targets if all(b.built for b in built[t].values())] or targets
+    return min(ok, key=lambda t: (t.precision != "fp32", t.backend != "onnxruntime", ok.index(t)))
+
+
+class Job:
+    """The state of one run: recipe, staging folder, the family, its graphs and what each stage recorded."""
+
+    def __init__(self, recipe: Recipe, recipe_path: Path, stage: Path) -> None:
+        self.recipe, self.recipe_path, self.stage = recipe, recipe_path, stage
+        self.run = Run(recipe, stage, progress.track)
+        self.timings: dict[str, float] = {}
+        self.inputs: dict[str, str] = {}  # input (file, or folder with its count) -> sha256
+        self.graph_settings: dict[str, dict[str, Any]] = {}  # graph -> {"export", "passes"}
+        self.graphs: dict[str, Graph] = {}
+        self.family: Family = registry.family(recipe.model.family)(self)
+
+    # --- bookkeeping ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        progress.log(f"[bold]{name}[/]")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 3)
+
+    def record_input(self, path: str | Path | None) -> None:
+        if path and Path(path).is_file():
+            self.inputs[str(path)] = sha256_file(path)
+
+    def record_samples(self, label: str, samples: list, unit: str = "images") -> None:
+        """A folder's chosen files (or texts) as one input entry: its label, count and one hash over them."""
+        digest = "".join(sha256_file(p) for p in samples) if unit == "images" else "\n".join(samples)
+        self.inputs[f"{label} ({len(samples)} {unit})"] = sha256_bytes(digest.encode())
+
+    def _label(self, graph: str, stage: str) -> str:
+        return stage if len(self.graphs) <= 1 and graph == "model" else f"{stage} {graph}"
+
+    # --- stages -----------------------------------------------------------------------------------------------
+
+    def export(self, spec: GraphExport) -> Graph:
+        """Export one graph, check it against PyTorch on real inputs, run and verify the fusion passes."""
+        from edgekit.export import check_against_torch, export_module
+        from edgekit.passes import fuse_graph
+
+        r, name = self.recipe, spec.name
+        raw, fp32 = self.stage / f"{name}_fp32_raw.onnx", self.stage / f"{name}_fp32.onnx"
+        single = name == "model"
+        with self.timer("export" if single else f"export {name}"):
+            export_module(spec.module, spec.example_inputs, raw, r.export.opset, spec.input_names, spec.output_names, spec.dynamic_axes)
+            check = check_against_torch(spec.check_module or spec.module, raw, spec.check_feeds, r.export.tolerance)
+        with self.timer("fuse" if single else f"fuse {name}"):
+            fused, record = fuse_graph(load_onnx(raw), list(r.export.passes), r.export.simplify, spec.check_feeds, r.export.tolerance, name)
+            save_onnx(fused, fp32, {"edgekit_version": edgekit.__version__, "precision": "fp32", **({} if single else {"graph": name})})
+        if not self.family.keep_raw:
+            raw.unlink()
+        self.graph_settings[name] = {"export": {**r.export.model_dump(), "check": check.to_dict()}, "passes": record}
+        graph = Graph(name, fp32, spec.kind)
+        self.graphs[name] = graph
+        return graph
+
+    def prepare(self, graph: Graph) -> None:
+        """The family's float scope, calibration feeds, PyTorch source and accuracy check of one graph."""
+        model = load_onnx(graph.fp32)
+        graph.float_nodes, graph.backend_float_nodes = self.family.float_nodes(graph.name, model)
+        q = self.recipe.quantization
+        graph.float_ops = list(q.keep_float.op_types) if q else []
+        graph.calibration = self.family.calibration(graph.name)
+        graph.torch = self.family.torch_source(graph.name)
+        graph.accuracy = self.family.accuracy(graph.name)
+
+    def static_qdq(self, graph: Graph) -> None:
+        """Static Q/DQ of ``graph`` (ORT placement) from one calibration pass that also covers the tensors of every
+        other placement an int8 target needs (NNCF's collect-statistics-once): backends place the same ranges."""
+        from edgekit.quantization.placement import ORT_PLACEMENT
+        from edgekit.quantization.ptq import quantize_static, tensors_for_placements
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        if feeds is None:
+            raise EdgekitError(f"no calibration samples for the {graph.name} graph", self.recipe_path, "set quantization.calibration.images")
+        placements = [ORT_PLACEMENT]
+        for target in self.recipe.targets:
+            placement = registry.backend(target.backend).placement() if target.precision == "int8" else None
+            if placement is not None and placement not in placements:
+                placements.append(placement)
+        fp32 = load_onnx(graph.fp32)
+        tensors = tensors_for_placements(fp32, placements, graph.float_nodes, graph.float_ops)
+        with self.timer(self._label(graph.name, "quantize")):
+            result = quantize_static(
+                fp32, feeds.items, preprocess=feeds.transform, method=q.method, percentile=q.percentile, per_channel=q.per_channel,
+                float_nodes=graph.float_nodes, float_ops=graph.float_ops, threads=self.run.threads, progress=progress.track, also_calibrate=tensors,
+            )
+        path = self.stage / f"{graph.name}_int8.onnx"
+        spec_settings = result.spec.settings
+        save_onnx(result.model, path, {"edgekit_version": edgekit.__version__, "precision": "int8", "quantization": json.dumps(spec_settings, sort_keys=True)})
+        write_json_atomic(self.stage / ("quant_spec.json" if graph.single else f"{graph.name}_quant_spec.json"), result.spec.to_dict())
+        calibration = {k: spec_settings[k] for k in ("method", "percentile", "per_channel", "calibration_images", "calibration_key")}
+        settings = {**q.model_dump(), **spec_settings, "from_cache": result.calibration.from_cache}
+        graph.quantized["int8"] = Quantized(path, "static", {**settings, "calibration": calibration})
+        graph.ranges = dict(result.calibration.ranges)
+        graph.spec_tensors = frozenset(result.spec.activations)
+        graph.int8 = "static"
+
+    def build(self) -> dict[Target, dict[str, Built]]:
+        """Every graph of every target, backends that must come last (LiteRT) last; recipe order kept."""
+        builds: dict[Target, dict[str, Built]] = {}
+        for target in sorted(self.recipe.targets, key=lambda t: registry.backend(t.backend).build_last):
+            backend = registry.backend(target.backend)
+            with self.timer(f"build {target.name}"):
+                reason = backend.available()
+                if reason:
+                    builds[target] = {g: Built(None, target.precision, not_built=reason) for g in self.graphs}
+                else:
+                    builds[target] = {name: backend.build(graph, target, self.run) for name, graph in self.graphs.items()}
+            reasons = sorted({b.not_built for b in builds[target].values() if b.not_built})
+            if reasons:
+                progress.log(f"[yellow]{target.name} not built:[/] {'; '.join(reasons)}")
+        return {t: builds[t] for t in self.recipe.targets}
+
+    # --- measurement ------------------------------------------------------------------------------------------
+
+    def measure(self, builds: dict[Target, dict[str, Built]]) -> tuple[list[Variant], Evaluation | None, Target]:
+        """Evaluate every built target (the reference first), then time them all round-robin in one loop."""
+        from edgekit.profiling.memory import PeakMemory
+
+        ref = reference_target(self.recipe.targets, builds)
+        self.reference_name = ref.name
+        order = [ref] + [t for t in self.recipe.targets if t != ref]
+        variants = {t: self.variant(t, builds[t]) for t in self.recipe.targets}
+        runners: dict[Target, dict[str, Any]] = {}
+        reference: Evaluation | None = None
+        try:
+            for target in order:
+                if variants[target].status != "measured":
+                    continue
+                with PeakMemory() as memory:
+                    runners[target] = {}
+                    for name, built in builds[target].items():
+                        runners[target][name] = built.make_runner()
+                        runners[target][name].load()
+                    with self.timer(f"evaluate {target.name}"):
+                        result = self.family.evaluate(target, runners[target], reference)
+                v = variants[target]
+                v.peak_memory_mb = round(memory.peak_mb, 1)
+                v.metrics, v.fidelity, v.per_class_ap = result.metrics, result.fidelity, result.per_class_ap
+                v.notes += result.notes
+                reference = result if reference is None else reference
+            self._latency(runners, variants)
+            for target, speed in self.family.speed(runners).items():
+                self._apply_speed(variants[target], speed)
+        finally:
+            for graph_runners in runners.values():
+                for runner in graph_runners.values():
+                    runner.close()
+        for target in runners:
+            files = {g: b.path for g, b in builds[target].items()}
+            if (mem := self.family.memory(target, files)) is not None:
+                variants[target].peak_memory_mb = mem["peak_rss_mb"]
+                variants[target].metrics["peak_memory_delta_mb"] = mem["delta_mb"]
+        return [variants[t] for t in self.recipe.targets], reference, ref
+
+    def _latency(self, runners: dict[Target, dict[str, Any]], variants: dict[Target, Variant]) -> None:
+        from edgekit.profiling.latency import measure_latency_interleaved
+
+        feeds = self.family.latency_feeds()
+        if feeds is None or not runners:
+            return
+        b = self.recipe.model.batch
+        cases, where = {}, {}
+        for target, graph_runners in runners.items():
+            for graph, runner in graph_runners.items():
+                key = target.name if graph == "model" else f"{target.name}/{graph}"
+                feed = {k: np.concatenate([x] * b) for k, x in feeds[graph].items()} if b > 1 else feeds[graph]
+                cases[key], where[key] = (runner, feed), (target, graph)
+        with self.timer("latency"):
+            stats = measure_latency_interleaved(cases, self.recipe.benchmark.warmup, self.recipe.benchmark.runs, b, progress.enabled())
+        for key, s in stats.items():
+            target, graph = where[key]
+            latency = LatencyMs(**{k: round(getattr(s, k), 3) for k in LATENCY_KEYS})
+            holder = variants[target] if graph == "model" else variants[target].components[graph]
+            holder.latency_ms, holder.throughput_per_s = latency, round(s.throughput_per_s, 2)
+
+    @staticmethod
+    def _apply_speed(variant: Variant, speed: dict[str, Any]) -> None:
+        s = speed["latency"]
+        variant.latency_ms = LatencyMs(**{k: round(getattr(s, k), 3) for k in LATENCY_KEYS})
+        variant.throughput_per_s = round(speed["throughput_per_s"], 2)
+        variant.metrics.update(speed.get("metrics", {}))
+        variant.manifest["settings"].update(speed.get("settings", {}))
+
+    def variant(self, target: Target, built: dict[str, Built]) -> Variant:
+        """The report record of one target before measurement: status, files, sizes and provenance."""
+        from edgekit.profiling.memory import model_size_bytes
+
+        r, names = self.recipe, list(built)
+        single = names == ["model"]
+        reasons = sorted({b.not_built for b in built.values() if b.not_built})
+
+        def rel(path: Path | None) -> str:
+            return str(path.relative_to(self.stage)) if path else ""
+
+        def quant(graph: str) -> dict | None:
+            form = self.graphs[graph].quantized.get(target.precision) if target.quantized else None
+            return {k: v for k, v in form.settings.items() if k != "calibration"} if form and built[graph].precision != "fp32" else None
+
+        def per_graph(value):
+            return value(names[0]) if single else {g: value(g) for g in names}
+
+        sha = {g: sha256_file(b.path) if b.path and b.path.is_file() else None for g, b in built.items()}
+        components = {} if single else {
+            g: Component(model_path=rel(b.path), precision=b.precision, size_bytes=model_size_bytes(b.path) if b.path else 0,
+                         artifact_sha256=sha[g], settings={"quantization": quant(g), "backend": b.settings})
+            for g, b in built.items()
+        }
+        main = built[self.family.main_graph or names[0]]
+        return Variant(
+            name=target.name, backend=target.backend, precision=target.precision, model_path=rel(main.path),
+            status="not_built" if reasons else "measured", not_built_reason="; ".join(reasons) or None,
+            files=[rel(p) for b in built.values() for p in b.files], batch=r.model.batch, threads=r.benchmark.threads,
+            size_bytes=sum(model_size_bytes(b.path) for b in built.values() if b.path),
+            notes=[n for b in built.values() for n in b.notes], components=components,
+            manifest={
+                "versions": versions(),
+                "settings": {
+                    **self.family.settings(),
+                    "export": per_graph(lambda g: self.graph_settings[g]["export"]),
+                    "passes": per_graph(lambda g: self.graph_settings[g]["passes"]),
+                    "quantization": per_graph(quant) if target.quantized else None,
+                    "backend": per_graph(lambda g: built[g].settings),
+                    "benchmark": r.benchmark.model_dump(),
+                },
+                "inputs": dict(self.inputs),
+                "artifact_sha256": per_graph(lambda g: sha[g]),
+            },
+        )
+
+    def report(self, variants: list[Variant], reference: Target) -> Report:
+        from edgekit.profiling.device import device_fingerprint
+        from edgekit.reports import evaluate_budgets
+
+        r = self.recipe
+        budgets = {k: v.model_dump(exclude_none=True) for k, v in r.budgets.items()}
+        ref = next(v for v in variants if v.name == reference.name)
+        for v in variants:
+            if v is not ref and budgets and v.status == "measured":
+                v.budget = evaluate_budgets(ref.metrics, v.metrics, budgets)
+        return Report(
+            edgekit_version=edgekit.__version__,
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            recipe={"name": r.name, "path": str(self.recipe_path), "sha256": sha256_file(self.recipe_path), "content": r.model_dump()},
+            budgets=budgets, reference=ref.name, device=device_fingerprint(), variants=variants, timings_s=self.timings,
+        )
+
+    def execute(self) -> Report:
+        """Every stage inside the staging folder; returns the report (not yet written)."""
+        start = time.perf_counter()
+        self.record_input(self.recipe_path)
+        with self.timer("load"):
+            self.family.load()
+        for spec in self.family.graphs():
+            self.prepare(self.export(spec))
+        self.family.check_graphs()
+        if any(t.quantized for t in self.recipe.targets):
+            for graph in self.graphs.values():
+                self.family.quantize(graph)
+        builds = self.build()
+        variants, reference, ref_target = self.measure(builds)
+        self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
+        self.timings["total"] = round(time.perf_counter() - start, 3)
+        return self.report(variants, ref_target)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise EdgekitError("output folder already exists and is not empty", out, "pass --overwrite, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+
+
+def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False) -> Report:
+    """Run the whole job for ``recipe`` into ``out``; returns the report."""
+    from edgekit.reports import write_report
+
+    out = Path(out)
+    stage = _prepare_out(out, overwrite)
+    try:
+        report = Job(recipe, Path(recipe_path), stage).execute()
+        write_report(report, stage)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(trash / out.name)
+            stage.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            stage.rename(out)
+        return report
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""A target: one engine to build and measure, ``backend:precision`` (plus options), parsed once from the recipe.
+
+The job, the backends and the report compare ``Target`` values, never their names as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, Field, model_validator
+
+from edgekit.config import Strict
+
+
+class Target(Strict):
+    """``backend:precision`` (e.g. ``openvino:int8``), or a mapping with options such as ``accuracy_control``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    precision: str = "fp32"
+    accuracy_control: bool = Field(False, description="openvino:int8 only: NNCF quantize_with_accuracy_control held to the mAP50-95 budget")
+
+    @classmethod
+    def parse(cls, value: "str | dict[str, Any] | Target") -> "Target":
+        """A target from ``backend:precision`` text, a mapping or a target."""
+        if isinstance(value, Target):
+            return value
+        if isinstance(value, str):
+            backend, _, precision = value.partition(":")
+            return cls(backend=backend, precision=precision or "fp32")
+        return cls.model_validate(value)
+
+    @model_validator(mode="after")
+    def _known(self) -> "Target":
+        from edgekit import registry
+
+        backend = registry.backend(self.backend, context="targets")
+        if self.precision not in backend.precisions:
+            raise ValueError(f"{self.backend} has no precision {self.precision!r}: use one of {', '.join(backend.precisions)}")
+        if self.accuracy_control and not backend.accuracy_control:
+            raise ValueError("accuracy_control applies to openvino:int8 only")
+        if self.accuracy_control and self.precision != "int8":
+            raise ValueError("accuracy_control applies to openvino:int8 only")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.precision}" + ("+ac" if self.accuracy_control else "")
+
+    @property
+    def quantized(self) -> bool:
+        """Any precision whose graphs come from edgekit's quantization (int8, int4, dynamic)."""
+        return self.precision in ("int8", "int4", "dynamic")
+
+    def __str__(self) -> str:
+        return self.name
