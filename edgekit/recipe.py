@@ -107,7 +107,7 @@ class Budget(_Strict):
     max_value: float | None = Field(None, description="ceiling on the variant's own value (e.g. logit_kl: 0.05)")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Budget":
+    def _one_kind(self) -> Budget:
         if sum(v is not None for v in (self.max_drop, self.max_relative_drop, self.max_value)) != 1:
             raise ValueError("give exactly one of max_drop (absolute), max_relative_drop (fraction) or max_value (ceiling)")
         return self
@@ -129,13 +129,13 @@ class _Recipe(_Strict):
         return [Target.parse(item) if isinstance(item, str) else item for item in value or []]
 
     @model_validator(mode="after")
-    def _batch_needs_dynamic_axis(self) -> "_Recipe":
+    def _batch_needs_dynamic_axis(self) -> _Recipe:
         if self.model.batch > 1 and not self.export.dynamic_batch:
             raise ValueError("model.batch > 1 needs export.dynamic_batch: true (evaluation runs image by image)")
         return self
 
     @model_validator(mode="after")
-    def _quantized_needs_quantization(self) -> "_Recipe":
+    def _quantized_needs_quantization(self) -> _Recipe:
         q = self.quantization
         if q is not None and not q.enabled:
             odd = [t.name for t in self.targets if t.quantized]
@@ -147,7 +147,7 @@ class _Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _family(self) -> "_Recipe":
+    def _family(self) -> _Recipe:
         """The family's own rules, its backends, the ONNX forms it makes, and no other family's section."""
         family = registry.family(self.model.family)
         for other in registry.families():
@@ -157,20 +157,20 @@ class _Recipe(_Strict):
             odd = [t.name for t in self.targets if t.backend not in family.backends]
             if odd:
                 raise ValueError(f"{family.name} targets run on {', '.join(family.backends)} only (got {', '.join(odd)})")
-        odd = [t.name for t in self.targets if t.backend == "onnxruntime" and t.quantized and t.precision not in family.forms]
+        odd = [t.name for t in self.targets if registry.backend(t.backend).runs_forms and t.quantized and t.precision not in family.forms]
         if odd:
             raise ValueError(f"{', '.join(odd)}: the {family.name} family makes no such ONNX form (onnxruntime int4/dynamic targets are for vlm "
-                             f"decoders); use onnxruntime:{family.forms[0]}")
+                             f"decoders); use {odd[0].split(':')[0]}:{family.forms[0]}")
         family.check_recipe(self)
         return self
 
     @model_validator(mode="after")
-    def _unique_targets(self) -> "_Recipe":
+    def _unique_targets(self) -> _Recipe:
         names = [t.name for t in self.targets]
         if len(set(names)) != len(names):
             raise ValueError(f"target listed twice: {sorted({n for n in names if names.count(n) > 1})}")
-        if getattr(self, "tensorrt", None) is not None and self.tensorrt.max_batch > 1 and not self.export.dynamic_batch:
-            raise ValueError("tensorrt.max_batch > 1 needs export.dynamic_batch: true")
+        for backend in registry.backends():
+            backend.check_recipe(self)
         return self
 
 

@@ -63,7 +63,7 @@ def family_names() -> list[str]:
 
 
 @cache
-def backend(name: str, context: str = "backend") -> "Backend":
+def backend(name: str, context: str = "backend") -> Backend:
     """The backend called ``name`` (one shared instance)."""
     table = _table("edgekit.backends")
     if name not in table:
@@ -72,12 +72,12 @@ def backend(name: str, context: str = "backend") -> "Backend":
     return _load(table[name])()
 
 
-def backends() -> list["Backend"]:
+def backends() -> list[Backend]:
     return [backend(name) for name in backend_names()]
 
 
 @cache
-def family(name: str) -> type["Family"]:
+def family(name: str) -> type[Family]:
     """The family class called ``name``."""
     table = _table("edgekit.families")
     if name not in table:
@@ -85,10 +85,10 @@ def family(name: str) -> type["Family"]:
     return _load(table[name])
 
 
-def families() -> list[type["Family"]]:
+def families() -> list[type[Family]]:
     return [family(name) for name in family_names()]
 
 
-def backend_for_suffix(suffix: str) -> "Backend | None":
+def backend_for_suffix(suffix: str) -> Backend | None:
     """The backend whose runner reads files ending in ``suffix`` (``.onnx``, ``.xml``, ``.tflite``, ``.engine``)."""
     return next((b for b in backends() if suffix.lower() in b.suffixes), None)

@@ -22,7 +22,7 @@ class Target(Strict):
     accuracy_control: bool = Field(False, description="openvino:int8 only: NNCF quantize_with_accuracy_control held to the mAP50-95 budget")
 
     @classmethod
-    def parse(cls, value: "str | dict[str, Any] | Target") -> "Target":
+    def parse(cls, value: str | dict[str, Any] | Target) -> Target:
         """A target from ``backend:precision`` text, a mapping or a target."""
         if isinstance(value, Target):
             return value
@@ -32,7 +32,7 @@ class Target(Strict):
         return cls.model_validate(value)
 
     @model_validator(mode="after")
-    def _known(self) -> "Target":
+    def _known(self) -> Target:
         from edgekit import registry
 
         backend = registry.backend(self.backend, context="targets")

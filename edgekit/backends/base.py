@@ -105,7 +105,7 @@ class Graph:
 class Run:
     """What a backend may read of the run: the recipe, the staging folder, threads and progress."""
 
-    recipe: "Recipe"
+    recipe: Recipe
     stage: Path
     progress: Callable[[str, int], Iterator[int]]
 
@@ -125,7 +125,7 @@ class Built:
 
     path: Path | None  # the artifact measured (its sha256 goes into the manifest)
     precision: str  # what this graph runs in within the target
-    make_runner: Callable[[], "Runner"] | None = None
+    make_runner: Callable[[], Runner] | None = None
     files: list[Path] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     not_built: str | None = None
@@ -152,8 +152,12 @@ class Backend(abc.ABC):
     build_last: ClassVar[bool] = False  # e.g. LiteRT: litert-torch loads JAX, whose threads make a later fork unsafe
     needs_torch: ClassVar[bool] = False  # converts from a PyTorch module, not from ONNX
     install: ClassVar[str] = ""  # the extra that installs it, for messages
+    runs_forms: ClassVar[bool] = False  # runs the family's quantized ONNX forms as they are (ONNX Runtime)
 
-    def placement(self) -> "Placement | None":
+    def check_recipe(self, recipe: "Recipe") -> None:
+        """Raise ``ValueError`` for recipe settings this backend cannot honour (called while the recipe is validated)."""
+
+    def placement(self) -> Placement | None:
         """The Q/DQ placement int8 targets need from the shared ranges (None: the backend quantizes its own way)."""
         return None
 
@@ -162,9 +166,9 @@ class Backend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def build(self, graph: Graph, target: "Target", run: Run) -> Built:
+    def build(self, graph: Graph, target: Target, run: Run) -> Built:
         """Build one graph for one target under ``run.stage / <backend>/``."""
 
     @abc.abstractmethod
-    def runner(self, path: str | Path, threads: int | None = None, **options: Any) -> "Runner":
+    def runner(self, path: str | Path, threads: int | None = None, **options: Any) -> Runner:
         """A runner for a file this backend built (or any file with one of its suffixes)."""

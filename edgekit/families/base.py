@@ -66,15 +66,15 @@ class Family:
     main_graph: ClassVar[str | None] = None
     keep_raw: ClassVar[bool] = True  # keep the unfused ``<graph>_fp32_raw.onnx`` exports in the run folder  # the graph a variant's ``model_path`` names (None: the first)  # metrics ``evaluate`` returns (budgets may name these)
 
-    def __init__(self, job: "Job") -> None:
+    def __init__(self, job: Job) -> None:
         self.job = job
-        self.recipe: "Recipe" = job.recipe
+        self.recipe: Recipe = job.recipe
         self.provenance: dict[str, Any] = {}
 
     # --- recipe -----------------------------------------------------------------------------------------------
 
     @classmethod
-    def check_recipe(cls, recipe: "Recipe") -> None:
+    def check_recipe(cls, recipe: Recipe) -> None:
         """Raise ``ValueError`` for a recipe this family cannot run (called while the recipe is validated)."""
 
     @property
@@ -118,7 +118,7 @@ class Family:
 
     # --- measurement ------------------------------------------------------------------------------------------
 
-    def evaluate(self, target: "Target", runners: dict[str, "Runner"], reference: Evaluation | None) -> Evaluation:
+    def evaluate(self, target: Target, runners: dict[str, Runner], reference: Evaluation | None) -> Evaluation:
         """Metrics of one built target (``runners``: graph -> loaded runner); fidelity against ``reference``."""
         raise NotImplementedError
 
@@ -126,11 +126,11 @@ class Family:
         """One fixed-shape feed per graph for interleaved latency (None: the family times itself in ``speed``)."""
         return None
 
-    def speed(self, runners: dict["Target", dict[str, "Runner"]]) -> dict["Target", dict[str, Any]]:
+    def speed(self, runners: dict[Target, dict[str, Runner]]) -> dict[Target, dict[str, Any]]:
         """Family-specific speed (VLM: time to first token, tokens/s), interleaved over targets."""
         return {}
 
-    def memory(self, target: "Target", files: dict[str, Path]) -> dict[str, float] | None:
+    def memory(self, target: Target, files: dict[str, Path]) -> dict[str, float] | None:
         """Peak memory of a target measured the family's own way (None: the job's in-process peak)."""
         return None
 
@@ -138,7 +138,7 @@ class Family:
         """Family settings for every variant's manifest."""
         return {}
 
-    def finalize(self, reference: Evaluation | None, files: dict["Target", dict[str, Path]]) -> None:
+    def finalize(self, reference: Evaluation | None, files: dict[Target, dict[str, Path]]) -> None:
         """Write deployment extras into the run folder (NMS graphs, processor and vlm.json, class embeddings)."""
 
 

@@ -41,7 +41,7 @@ class ZeroShotSpec(Strict):
     max_images: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _templates(self) -> "ZeroShotSpec":
+    def _templates(self) -> ZeroShotSpec:
         if not self.templates and not (self.templates_file and self.templates_section):
             raise ValueError("give `templates`, or `templates_file` with `templates_section`")
         return self

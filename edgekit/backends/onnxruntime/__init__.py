@@ -14,6 +14,7 @@ class OnnxRuntimeBackend(Backend):
     precisions = ("fp32", "int8", "int4", "dynamic")  # int4 and dynamic: families that make those forms (VLM decoders)
     suffixes = (".onnx",)
     install = "onnxruntime"
+    runs_forms = True
 
     def placement(self):
         from edgekit.quantization.placement import ORT_PLACEMENT

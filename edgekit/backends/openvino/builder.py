@@ -60,7 +60,11 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
     """One graph of an ``openvino:<precision>`` target: the float IR, or int8 by NNCF (a CNN: post-training
     quantization with the graph's float scope ignored, optionally accuracy-controlled; a transformer: NNCF's
     transformer rules, or int8 weight compression for a dynamic graph)."""
-    from edgekit.backends.openvino.nncf_quant import quantize_openvino, quantize_openvino_transformer, quantize_openvino_with_accuracy_control
+    from edgekit.backends.openvino.nncf_quant import (
+        quantize_openvino,
+        quantize_openvino_transformer,
+        quantize_openvino_with_accuracy_control,
+    )
 
     spec = run.recipe.openvino
     int8 = target.precision == "int8" and graph.int8 != "float"

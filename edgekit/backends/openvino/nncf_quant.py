@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgekit.backends.base import AccuracyCheck, LazyFeeds
-from edgekit.errors import EdgekitError
 from edgekit.backends.openvino.runner import import_openvino, read_model
+from edgekit.errors import EdgekitError
 
 _STRUCTURAL = {"Constant", "Parameter", "Result"}
 

@@ -31,6 +31,10 @@ class TensorRTBackend(Backend):
     config = TensorRTSpec
     install = "tensorrt"
 
+    def check_recipe(self, recipe) -> None:
+        if recipe.tensorrt.max_batch > 1 and not recipe.export.dynamic_batch:
+            raise ValueError("tensorrt.max_batch > 1 needs export.dynamic_batch: true")
+
     def placement(self):
         from edgekit.quantization.placement import TENSORRT_PLACEMENT
 

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from edgekit.artifacts import sha256_file, write_json_atomic
 from edgekit.backends.base import Built, Graph, Run, file_name
-from edgekit.backends.tensorrt.engine import TENSORRT_MISSING, DynamicBatch, TensorRTBuildConfig, build_engine, import_tensorrt, manifest_path, onnx_input_shapes, trtexec_command
+from edgekit.backends.tensorrt.engine import (
+    TENSORRT_MISSING,
+    DynamicBatch,
+    TensorRTBuildConfig,
+    build_engine,
+    import_tensorrt,
+    manifest_path,
+    onnx_input_shapes,
+    trtexec_command,
+)
 from edgekit.errors import EdgekitError
 from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import Recipe

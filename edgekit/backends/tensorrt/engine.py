@@ -59,7 +59,7 @@ class DynamicBatch(BaseModel):
     max: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "DynamicBatch":
+    def _ordered(self) -> DynamicBatch:
         if not self.min <= self.opt <= self.max:
             raise ValueError(f"dynamic batch needs min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
         return self
@@ -80,7 +80,7 @@ class TensorRTBuildConfig(BaseModel):
     builder_optimization_level: int | None = Field(None, ge=0, le=5)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TensorRTBuildConfig":
+    def _consistent(self) -> TensorRTBuildConfig:
         if self.precision == "int8" and self.strongly_typed is False:
             raise ValueError(
                 "precision int8 builds a strongly typed network from the Q/DQ ONNX; calibrator-based (weakly typed) "
@@ -97,7 +97,7 @@ class TensorRTBuildConfig(BaseModel):
         return self.strongly_typed if self.strongly_typed is not None else self.precision == "int8"
 
     @classmethod
-    def parse(cls, data: dict[str, Any] | "TensorRTBuildConfig" | None, source: str | Path | None = None) -> "TensorRTBuildConfig":
+    def parse(cls, data: dict[str, Any] | TensorRTBuildConfig | None, source: str | Path | None = None) -> TensorRTBuildConfig:
         """Validate ``data``, turning pydantic's errors into one EdgekitError line naming the key."""
         if isinstance(data, cls):
             return data

@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.tensorrt.engine import TENSORRT_FIX, TENSORRT_MISSING, check_engine_manifest, current_device_info, import_cudart, import_tensorrt
+from edgekit.backends.tensorrt.engine import (
+    TENSORRT_FIX,
+    TENSORRT_MISSING,
+    check_engine_manifest,
+    current_device_info,
+    import_cudart,
+    import_tensorrt,
+)
 from edgekit.errors import EdgekitError
 from edgekit.runners.base import Runner, TensorMeta
 
