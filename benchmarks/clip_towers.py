@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from edgekit.artifacts import write_json_atomic  # noqa: E402
 from edgekit.onnx_io import save_onnx  # noqa: E402
 from edgekit.quantization.graph import non_float_nodes  # noqa: E402
-from edgekit.pipelines.clip import ClipContext, export_stage, load_data  # noqa: E402
+from edgekit.job import Job  # noqa: E402
 from edgekit.quantization.placement import TRANSFORMER_PLACEMENT, Placement  # noqa: E402
 from edgekit.recipe import load_recipe  # noqa: E402
 
@@ -50,14 +50,14 @@ def static(model: onnx.ModelProto, samples: list, feed, placement: Placement, al
     return quantize_static(model, samples, feed, placement=placement, float_nodes=non_float_nodes(model), use_cache=False).model
 
 
-def variants(ctx: ClipContext, work: Path) -> dict[str, dict[str, Path]]:
+def variants(job: Job, work: Path) -> dict[str, dict[str, Path]]:
     from edgekit.quantization.dynamic import quantize_dynamic_matmul
     from edgekit.passes import run_passes
     from edgekit.quantization.embedding import quantize_embedding_tables
 
-    d, fam = ctx.data, ctx.family
+    d, fam = job.family, job.family.clip
     out: dict[str, dict[str, Path]] = {"vision": {}, "text": {}}
-    v32, t32 = ctx.graphs["vision"].fp32_onnx, ctx.graphs["text"].fp32_onnx
+    v32, t32 = job.graphs["vision"].fp32, job.graphs["text"].fp32
     out["vision"]["fp32"], out["text"]["fp32"] = v32, t32
     vm, tm = onnx.load(v32), onnx.load(t32)
     image_feed, text_feed = fam.image_feed, (lambda t: fam.text_feed([t]))
@@ -89,11 +89,13 @@ def main() -> None:
     recipe.clip.zero_shot = None  # embeddings of the retrieval set only
     work = Path(tempfile.mkdtemp(prefix="clip_towers.", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
     try:
-        ctx = ClipContext(recipe, RECIPE, work)
-        load_data(ctx)
-        export_stage(ctx)
-        paths = variants(ctx, work)
-        d, fam = ctx.data, ctx.family
+        job = Job(recipe, RECIPE, work)
+        with job.timer("load"):
+            job.family.load()  # the model, the retrieval set and the calibration images and captions
+        for spec in job.family.graphs():
+            job.export(spec)  # exported, checked against PyTorch and fused as the recipe's job does
+        paths = variants(job, work)
+        d, fam = job.family, job.family.clip
         inputs = {
             "vision": [fam.image_feed(p) for p in d.rt_images],
             "text": [fam.text_feed(d.rt_captions[i : i + 32]) for i in range(0, len(d.rt_captions), 32)],
@@ -126,7 +128,7 @@ def main() -> None:
     for r in rows.values():
         table.add_row(r["tower"], r["mode"], f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", f"{r['size_mb']:.2f}", f"{r['median_ms']:.2f}", f"{r['vs_fp32']:.2f}x")
     Console().print(table)
-    write_json_atomic(args.out, {"rows": list(rows.values()), "runs": args.runs, "images": len(d.rt_images), "captions": len(d.rt_captions), "timings_s": ctx.timings})
+    write_json_atomic(args.out, {"rows": list(rows.values()), "runs": args.runs, "images": len(d.rt_images), "captions": len(d.rt_captions), "timings_s": job.timings})
     print(f"wrote {args.out}")
 
 

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from edgekit.artifacts import write_json_atomic  # noqa: E402
-from edgekit.pipeline import run_recipe  # noqa: E402
+from edgekit.job import run_recipe  # noqa: E402
 from edgekit.recipe import load_recipe  # noqa: E402
 
 TINY = HERE.parent / "recipes" / "models" / "smolvlm-tiny"

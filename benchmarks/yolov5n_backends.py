@@ -1,6 +1,6 @@
 """YOLOv5n on every edge backend, edgekit's engines and the best peer route per backend, measured in one process.
 
-Runs the ``recipes/yolov5n_edge.yaml`` pipeline (export, one shared calibration, one engine per target), adds the
+Runs the ``recipes/yolov5n_edge.yaml`` job (``edgekit.job.Job``: export, one shared calibration, one engine per target), adds the
 peer pipelines (``--peers``: Ultralytics' OpenVINO INT8 and LiteRT INT8 export routes, rebuilt from the same FP32
 model and the same calibration images; ``benchmarks/peers.py``), then evaluates all of them on the 158 COCO images
 and times them round-robin in one loop (ratios robust to machine noise). Prints a table and writes JSON.
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -24,59 +25,119 @@ sys.path.insert(0, str(HERE))
 
 import peers  # noqa: E402
 from edgekit.artifacts import write_json_atomic  # noqa: E402
-from edgekit.backends import BuiltTarget  # noqa: E402
-from edgekit.pipeline import BuildContext, build_report, build_stage, export_stage, measure_targets, quantize_stage  # noqa: E402
-from edgekit.recipe import TargetSpec, load_recipe  # noqa: E402
+from edgekit.backends import Built  # noqa: E402
+from edgekit.job import Job, reference_target  # noqa: E402
+from edgekit.recipe import load_recipe  # noqa: E402
+from edgekit.targets import Target  # noqa: E402
 
 RECIPE = HERE.parent / "recipes" / "yolov5n_edge.yaml"
 
+# label -> (the target it competes as, its build): a peer is measured like a target under its own label
+Peers = dict[str, tuple[Target, Built]]
 
-def peer_builds(ctx: BuildContext, work: Path) -> list[BuiltTarget]:
-    """Ultralytics' OpenVINO and LiteRT INT8 routes on the run's FP32 model and calibration images."""
-    from edgekit.backends.litert.runner import LiteRTRunner
+
+def peer_openvino(job: Job, work: Path) -> Peers:
+    """Ultralytics' OpenVINO INT8 route on the run's FP32 model and calibration images (built before any LiteRT
+    build: litert-torch's JAX threads make NNCF's later forks unsafe)."""
     from edgekit.backends.openvino.runner import OpenVinoRunner
 
-    prep = lambda p: ctx.family.preprocess(p)[0]  # noqa: E731
-    threads, size = ctx.recipe.benchmark.threads, ctx.recipe.model.input_size
-    out = []
+    d, threads = job.family.detector, job.recipe.benchmark.threads
     start = time.perf_counter()
-    ov_xml = peers.openvino_ultralytics(ctx.artifacts["fp32"], work / "peer_openvino_int8.xml", ctx.calibration, prep, ctx.family.head_prefix())
-    ctx.timings["peer openvino build"] = round(time.perf_counter() - start, 2)
-    out.append(BuiltTarget(TargetSpec(backend="openvino", precision="int8"), ov_xml, lambda: OpenVinoRunner(ov_xml, threads=threads, precision_hint=None),
-                           files=[ov_xml], label="peer ultralytics openvino:int8", notes=["nncf.quantize MIXED, every Sigmoid and the whole Detect head ignored; device-default precision (no hint, as Ultralytics)"]))
+    ov_xml = peers.openvino_ultralytics(job.graphs["model"].fp32, work / "peer_openvino_int8.xml", job.family.calib_images, lambda p: d.preprocess(p)[0], d.head_prefix())
+    job.timings["peer openvino build"] = round(time.perf_counter() - start, 2)
+    built = Built(ov_xml, "int8", lambda: OpenVinoRunner(ov_xml, threads=threads, precision_hint=None), files=[ov_xml],
+                  notes=["nncf.quantize MIXED, every Sigmoid and the whole Detect head ignored; device-default precision (no hint, as Ultralytics)"])
+    return {"peer ultralytics openvino:int8": (Target(backend="openvino", precision="int8"), built)}
+
+
+def peer_litert(job: Job, work: Path) -> Peers:
+    """Ultralytics' LiteRT INT8 route (as written, and with the boxes normalized inside YOLOv5's decode)."""
+    from edgekit.backends.litert.runner import LiteRTRunner
+
+    d, threads, size = job.family.detector, job.recipe.benchmark.threads, job.recipe.model.input_size
+    out: Peers = {}
     for in_head, label in [(False, "peer ultralytics tflite:int8"), (True, "peer ultralytics tflite:int8, boxes normalized in the decode")]:
         start = time.perf_counter()
-        tfl = peers.litert_ultralytics(ctx.torch_model, work / f"peer_litert_int8{'_in_head' if in_head else ''}.tflite", ctx.calibration, prep, size, in_head)
-        ctx.timings[f"{label} build"] = round(time.perf_counter() - start, 2)
+        tfl = peers.litert_ultralytics(job.family.fused, work / f"peer_litert_int8{'_in_head' if in_head else ''}.tflite", job.family.calib_images,
+                                       lambda p: d.preprocess(p)[0], size, in_head)
+        job.timings[f"{label} build"] = round(time.perf_counter() - start, 2)
 
         def runner(path=tfl):
-            return peers.NormalizedBoxesRunner(LiteRTRunner(path, threads=threads, input_names=[ctx.family.input_name], output_names=["output0"]), size)
+            return peers.NormalizedBoxesRunner(LiteRTRunner(path, threads=threads, input_names=[d.input_name], output_names=["output0"]), size)
 
-        out.append(BuiltTarget(TargetSpec(backend="tflite", precision="int8"), tfl, runner, files=[tfl], label=label,
-                               notes=["boxes / input size, static_wi8_ai8 on the whole graph (decode included), float I/O"]))
+        out[label] = (Target(backend="tflite", precision="int8"),
+                      Built(tfl, "int8", runner, files=[tfl], notes=["boxes / input size, static_wi8_ai8 on the whole graph (decode included), float I/O"]))
     return out
 
 
-def head_to_head(ctx: BuildContext, runs: int, warmup: int, repeats: int = 3) -> dict[str, list[dict]]:
+def measure(job: Job, builds: dict[Target, dict[str, Built]], peer: Peers):
+    """``Job.measure`` over the recipe's targets and the peers together: evaluate each (the reference first), then
+    time them all round-robin in one loop. Returns the variants (peers named by their label) and the reference."""
+    from edgekit import progress
+    from edgekit.job import LATENCY_KEYS
+    from edgekit.profiling.latency import measure_latency_interleaved
+    from edgekit.profiling.memory import PeakMemory
+    from edgekit.reports.schema import LatencyMs
+
+    entries = {t.name: (t, b) for t, b in builds.items()} | {label: (t, {"model": b}) for label, (t, b) in peer.items()}
+    ref = reference_target(job.recipe.targets, builds)
+    job.reference_name = ref.name
+    variants = {}
+    for label, (target, built) in entries.items():
+        variants[label] = job.variant(target, built)
+        variants[label].name = label
+    runners: dict[str, dict] = {}
+    reference = None
+    try:
+        for label in [ref.name] + [n for n in entries if n != ref.name]:
+            v, (target, built) = variants[label], entries[label]
+            if v.status != "measured":
+                continue
+            with PeakMemory() as memory:
+                runners[label] = {g: b.make_runner() for g, b in built.items()}
+                for r in runners[label].values():
+                    r.load()
+                with job.timer(f"evaluate {label}"):
+                    result = job.family.evaluate(target, runners[label], reference)
+            v.peak_memory_mb = round(memory.peak_mb, 1)
+            v.metrics, v.fidelity, v.per_class_ap = result.metrics, result.fidelity, result.per_class_ap
+            v.notes += result.notes
+            reference = reference or result
+        feed, b = job.family.latency_feeds()["model"], job.recipe.model.batch
+        feed = {k: np.concatenate([x] * b) for k, x in feed.items()} if b > 1 else feed
+        with job.timer("latency"):
+            stats = measure_latency_interleaved({n: (rs["model"], feed) for n, rs in runners.items()}, job.recipe.benchmark.warmup, job.recipe.benchmark.runs, b,
+                                                progress.enabled())
+        for label, s in stats.items():
+            variants[label].latency_ms = LatencyMs(**{k: round(getattr(s, k), 3) for k in LATENCY_KEYS})
+            variants[label].throughput_per_s = round(s.throughput_per_s, 2)
+    finally:
+        for graph_runners in runners.values():
+            for r in graph_runners.values():
+                r.close()
+    return list(variants.values()), ref, entries
+
+
+def head_to_head(job: Job, entries: dict[str, tuple[Target, dict[str, Built]]], runs: int, warmup: int, repeats: int = 3) -> dict[str, list[dict]]:
     """Per backend, edgekit's INT8 engine against that backend's peer engines only, interleaved in their own loop
     (``repeats`` times): the cleanest ratio, free of the cross-talk of a dozen runtimes loaded side by side."""
     from edgekit.profiling.latency import measure_latency_interleaved
 
-    feed = ctx.family.preprocess(ctx.calibration[0])[0]
+    feed = job.family.detector.preprocess(job.family.calib_images[0])[0]
     out: dict[str, list[dict]] = {}
     for backend in ("openvino", "tflite"):
-        ours = ctx.builds.get(f"{backend}:int8")
-        rivals = [b for name, b in ctx.builds.items() if name.startswith("peer") and b.target.backend == backend]
-        if ours is None or not rivals:
+        ours = f"{backend}:int8"
+        rivals = [label for label, (t, _) in entries.items() if label.startswith("peer") and t.backend == backend]
+        if ours not in entries or not entries[ours][1]["model"].built or not rivals:
             continue
-        runners = {b.name: b.make_runner() for b in [ours, *rivals]}
+        runners = {label: entries[label][1]["model"].make_runner() for label in [ours, *rivals]}
         try:
             for r in runners.values():
                 r.load()
             for _ in range(repeats):
                 stats = measure_latency_interleaved({n: (r, feed) for n, r in runners.items()}, warmup, runs)
                 medians = {n: round(s.median, 3) for n, s in stats.items()}
-                out.setdefault(backend, []).append({"median_ms": medians, "edgekit_vs_peer": {n: round(medians[ours.name] / m, 3) for n, m in medians.items() if n != ours.name}})
+                out.setdefault(backend, []).append({"median_ms": medians, "edgekit_vs_peer": {n: round(medians[ours] / m, 3) for n, m in medians.items() if n != ours}})
         finally:
             for r in runners.values():
                 r.close()
@@ -100,21 +161,28 @@ def main() -> None:
     if args.max_images:
         recipe.evaluation.max_images = args.max_images
     if args.accuracy_control:
-        recipe.targets = [*recipe.targets, TargetSpec(backend="openvino", precision="int8", accuracy_control=True)]
+        recipe.targets = [*recipe.targets, Target(backend="openvino", precision="int8", accuracy_control=True)]
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    ctx = BuildContext(recipe, args.recipe, args.work)
+    job = Job(recipe, args.recipe, args.work)
     start = time.perf_counter()
-    export_stage(ctx)
-    quantize_stage(ctx)
-    build_stage(ctx)
+    job.record_input(args.recipe)
+    with job.timer("load"):
+        job.family.load()
+    for spec in job.family.graphs():  # Job.execute's stages up to the builds
+        job.prepare(job.export(spec))
+    job.family.check_graphs()
+    if any(t.quantized for t in recipe.targets):
+        for graph in job.graphs.values():
+            job.family.quantize(graph)
+    peer: Peers = peer_openvino(job, args.work) if args.peers else {}
+    builds = job.build()
     if args.peers:
-        for built in peer_builds(ctx, args.work):
-            ctx.builds[built.name] = built
-    variants = measure_targets(ctx)
-    duels = head_to_head(ctx, args.runs, args.warmup) if args.peers else {}
-    ctx.timings["total"] = round(time.perf_counter() - start, 2)
-    report = build_report(ctx, variants)
+        peer |= peer_litert(job, args.work)
+    variants, ref_target, entries = measure(job, builds, peer)
+    duels = head_to_head(job, entries, args.runs, args.warmup) if args.peers else {}
+    job.timings["total"] = round(time.perf_counter() - start, 2)
+    report = job.report(variants, ref_target)
 
     ref = report.variant(report.reference)
     rows = []

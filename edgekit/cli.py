@@ -63,7 +63,7 @@ def eval_(
     input_size: Annotated[Optional[int], typer.Option(help="input side; default: from the model")] = None,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     max_images: Annotated[Optional[int], typer.Option(help="evaluate the first N images only")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="onnxruntime, openvino, tflite or tensorrt (default: from the file suffix)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
 ) -> None:
     """COCO mAP50-95 / mAP50 of a YOLO model on any backend."""
     from edgekit import progress
@@ -95,7 +95,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 10,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     batch: Annotated[int, typer.Option(help="batch size for dynamic-batch models")] = 1,
-    backend: Annotated[Optional[str], typer.Option(help="onnxruntime, openvino, tflite or tensorrt (default: from the file suffix)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
 ) -> None:
     """Latency (median/p90/p99/min), throughput, size and peak memory on any backend, with the device fingerprint."""
     import numpy as np

@@ -50,10 +50,26 @@ class ExportSpec(_Strict):
     nms_conf_threshold: float = Field(0.25, ge=0, le=1)
     nms_iou_threshold: float = Field(0.45, gt=0, le=1)
     nms_max_detections: int = Field(300, ge=1, description="per image, best scores first")
-    passes: list[str] = Field(
+    passes: list[str | dict] = Field(
         default_factory=lambda: ["constant_folding", "fuse_conv_bn", "eliminate_identity", "remove_unused"],
-        description="fusion passes run after export, in order (see `edgekit inspect --passes`)",
+        description="fusion passes run after export, in order: a name or {name: {option: value}} (see `edgekit inspect --passes`)",
     )
+
+    @field_validator("passes")
+    @classmethod
+    def _configured_passes(cls, value: list) -> list:
+        """Every pass known and its options valid for its config, at load time (the message names pass and option)."""
+        from pydantic_core import PydanticCustomError
+
+        from edgekit.passes import build_passes
+
+        value = [{k: {} if v is None else v for k, v in e.items()} if isinstance(e, dict) else e for e in value]
+        try:
+            build_passes(value)
+        except EdgekitError as exc:
+            reason = str(exc).split(" -- fix: ")[0] + (f" ({exc.fix})" if exc.fix and exc.fix != "correct the value" else "")
+            raise PydanticCustomError("pass_config", "{reason}", {"reason": reason}) from exc
+        return value
 
 
 class CalibrationSpec(_Strict):
@@ -126,7 +142,7 @@ class _Recipe(_Strict):
     @field_validator("targets", mode="before")
     @classmethod
     def _parse_targets(cls, value):
-        return [Target.parse(item) if isinstance(item, str) else item for item in value or []]
+        return [Target.fields_of(item) if isinstance(item, str) else item for item in value or []]  # errors name targets.N
 
     @model_validator(mode="after")
     def _batch_needs_dynamic_axis(self) -> _Recipe:

@@ -26,10 +26,13 @@ class Target(Strict):
         """A target from ``backend:precision`` text, a mapping or a target."""
         if isinstance(value, Target):
             return value
-        if isinstance(value, str):
-            backend, _, precision = value.partition(":")
-            return cls(backend=backend, precision=precision or "fp32")
-        return cls.model_validate(value)
+        return cls.model_validate(cls.fields_of(value) if isinstance(value, str) else value)
+
+    @staticmethod
+    def fields_of(text: str) -> dict[str, str]:
+        """``{"backend", "precision"}`` of ``backend:precision`` text (precision fp32 when left out)."""
+        backend, _, precision = text.partition(":")
+        return {"backend": backend, "precision": precision or "fp32"}
 
     @model_validator(mode="after")
     def _known(self) -> Target:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from edgekit.backends import BuildInputs
+from edgekit.backends import Graph, Run
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe, load_recipe
 
@@ -36,22 +36,25 @@ def _recipe(tmp_path: Path, targets: list, **top) -> Path:
 # ------------------------------------------------------------------------------------------------------- recipe
 
 
+# Precisions are the registry backend's (Target validates them after parsing), so an error names the target item
+# (``targets.0``) with the backend's own explanation, where the Literal fields used to give ``targets.0.precision``.
 @pytest.mark.parametrize(
-    ("targets", "message"),
+    ("targets", "messages"),
     [
-        (["onnxruntime:bf16"], "onnxruntime has no precision 'bf16'"),
-        (["tflite:int3"], "targets.0.precision"),
-        (["tflite:int4"], "tflite has no precision 'int4'"),  # int4 exists, for onnxruntime vlm decoders only
-        (["coreml:fp32"], "targets.0.backend"),
-        (["tflite:int8", "tflite:int8"], "target listed twice"),
-        ([{"backend": "tflite", "precision": "int8", "accuracy_control": True}], "accuracy_control applies to openvino:int8 only"),
+        (["onnxruntime:bf16"], ("onnxruntime has no precision 'bf16'",)),
+        (["tflite:int3"], ("'targets.0'", "tflite has no precision 'int3'")),
+        (["tflite:int4"], ("tflite has no precision 'int4'",)),  # int4 exists, for onnxruntime vlm decoders only
+        (["coreml:fp32"], ("'targets.0'", "unknown backend 'coreml'")),
+        ([{"backend": "coreml", "precision": "fp32"}], ("'targets.0'", "unknown backend 'coreml'")),
+        (["tflite:int8", "tflite:int8"], ("target listed twice",)),
+        ([{"backend": "tflite", "precision": "int8", "accuracy_control": True}], ("accuracy_control applies to openvino:int8 only",)),
     ],
 )
-def test_bad_targets_name_the_key_and_the_file(tmp_path, targets, message):
+def test_bad_targets_name_the_key_and_the_file(tmp_path, targets, messages):
     path = _recipe(tmp_path, targets)
     with pytest.raises(EdgekitError) as err:
         load_recipe(path)
-    assert message in str(err.value) and "recipe.yaml" in str(err.value)
+    assert all(m in str(err.value) for m in messages) and "recipe.yaml" in str(err.value), str(err.value)
 
 
 def test_every_backend_precision_parses(tmp_path):
@@ -65,8 +68,9 @@ def test_every_backend_precision_parses(tmp_path):
 # ------------------------------------------------------------------------------------------------------ TensorRT
 
 
-def _trt_build(tmp_path: Path, precision: str, fp32_onnx: Path, yolo, **changes):
-    from edgekit.backends import tensorrt as trt_backend
+def _trt_build(tmp_path: Path, precision: str, fp32_onnx: Path, **changes):
+    """One ``tensorrt:<precision>`` build of the YOLOv5n graph, as the job calls the backend (a ``Graph`` + ``Run``)."""
+    from edgekit import progress, registry
 
     data = yaml.safe_load((REPO / "recipes" / "yolov5n.yaml").read_text())
     data["targets"] = [f"tensorrt:{precision}"]
@@ -74,13 +78,14 @@ def _trt_build(tmp_path: Path, precision: str, fp32_onnx: Path, yolo, **changes)
         section, _, leaf = key.partition("__")
         data.setdefault(section, {})[leaf] = value
     recipe = Recipe.model_validate(data)
-    family, model = yolo
-    inputs = BuildInputs(recipe=recipe, stage=tmp_path, family=family, fp32_onnx=fp32_onnx, torch_model=model)
-    return trt_backend.build(inputs, recipe.targets[0])
+    target = recipe.targets[0]
+    backend = registry.backend(target.backend)
+    assert backend.available() is None  # TensorRT targets always build their ONNX, plan and command
+    return backend.build(Graph("model", fp32_onnx), target, Run(recipe, tmp_path, progress.track))
 
 
-def test_tensorrt_fp16_writes_plan_and_trtexec_command_without_tensorrt(tmp_path, fp32_onnx, yolo):
-    built = _trt_build(tmp_path, "fp16", fp32_onnx, yolo, tensorrt__dla_core=0, tensorrt__timing_cache="trt.cache", tensorrt__workspace_mb=512)
+def test_tensorrt_fp16_writes_plan_and_trtexec_command_without_tensorrt(tmp_path, fp32_onnx):
+    built = _trt_build(tmp_path, "fp16", fp32_onnx, tensorrt__dla_core=0, tensorrt__timing_cache="trt.cache", tensorrt__workspace_mb=512)
     assert not built.built and "TensorRT is not installed" in built.not_built
     plan = json.loads((tmp_path / "tensorrt" / "build_fp16.json").read_text())
     argv = shlex.split(plan["trtexec"])
@@ -97,7 +102,7 @@ def test_tensorrt_dynamic_batch_profile_from_recipe(tmp_path, yolo):
 
     family, model = yolo
     dyn = export_onnx(model, torch.zeros(1, 3, 640, 640), tmp_path / "dyn.onnx", dynamic_batch=True)
-    built = _trt_build(tmp_path, "fp16", dyn, yolo, export__dynamic_batch=True, tensorrt__max_batch=8, tensorrt__build="never")
+    built = _trt_build(tmp_path, "fp16", dyn, export__dynamic_batch=True, tensorrt__max_batch=8, tensorrt__build="never")
     assert built.not_built.startswith("tensorrt.build is 'never'")
     argv = shlex.split(built.settings["trtexec"])
     assert "--minShapes=images:1x3x640x640" in argv and "--optShapes=images:1x3x640x640" in argv and "--maxShapes=images:8x3x640x640" in argv
@@ -113,12 +118,20 @@ def test_tensorrt_max_batch_needs_dynamic_export(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tflite_fp32(yolo, tmp_path_factory) -> Path:
-    from edgekit.backends.litert.builder import convert_fp32
-    from edgekit.export.onnx_export import fuse_batchnorm
+def tflite_fp32(fp32_onnx, tmp_path_factory) -> Path:
+    """The FP32 ``.tflite`` converted from the PyTorch module the YOLO family gives LiteRT (BN folded, boxes and scores split)."""
+    from edgekit.backends.litert.builder import convert
+    from edgekit.job import Job
 
-    family, model = yolo
-    return convert_fp32(fuse_batchnorm(model), 640, 1, family.anchor_based, tmp_path_factory.mktemp("tflite") / "model_fp32.tflite")
+    tmp = tmp_path_factory.mktemp("tflite")
+    path = _recipe(tmp, ["tflite:fp32"])
+    job = Job(load_recipe(path), path, tmp)
+    job.family.load()
+    graph = Graph("model", fp32_onnx, torch=job.family.torch_source("model"))
+    out = tmp / "model_fp32.tflite"
+    settings = convert(graph, out, job.recipe.model.batch)
+    assert settings["layout"] == "NHWC" and settings["outputs"] == ["boxes", "scores"] and settings["input_shapes"] == {"images": [1, 640, 640, 3]}
+    return out
 
 
 def test_litert_fp32_matches_onnxruntime_on_real_images(tflite_fp32, fp32_onnx, yolo, eval_images):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLIP_BPE as BPE, COCO, TINYCLIP_CONFIG as CONFIG, captions
+from conftest import CAPTIONS, CLIP_BPE as BPE, COCO, TINYCLIP_CONFIG as CONFIG, captions
 
 pytest.importorskip("litert_torch", reason='litert-torch is not installed (pip install -e ".[tflite]"): no LiteRT conversion')
 pytest.importorskip("ai_edge_litert", reason='ai-edge-litert is not installed (pip install -e ".[tflite]")')
@@ -21,41 +21,56 @@ MIN_COSINE = {"fp32": 0.9999, "fp16": 0.9999, "dynamic": 0.99, "int8": 0.99}
 
 
 @pytest.fixture(scope="module")
-def graphs(clip):
-    from edgekit.backends.graphs import GraphInputs
+def job(tmp_path_factory):
+    """A CLIP job (the family loaded, no export): 8 calibration images and 32 captions, tflite settings of the recipe."""
+    import yaml
 
-    family, modules = clip
-    calib = sorted((COCO / "calib_images").iterdir())[:8]
-    texts = captions(32)
-    return {
-        "vision": GraphInputs("vision", Path("unused.onnx"), None, "static", calibration_feeds=lambda: [family.image_feed(p) for p in calib],
-                              torch_module=modules["vision"], example_inputs=family.example_inputs("vision")),
-        "text": GraphInputs("text", Path("unused.onnx"), None, "dynamic", calibration_feeds=lambda: [family.text_feed([t]) for t in texts],
-                            torch_module=modules["text"], example_inputs=family.example_inputs("text")),
-    }
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    from edgekit.recipe import Recipe
-
-    return Recipe.model_validate({"name": "clip-litert", "model": {"family": "clip", "config": str(CONFIG), "tokenizer": str(BPE)}, "targets": ["tflite:fp32"], "benchmark": {"threads": 2}})
-
-
-@pytest.fixture(scope="module")
-def built(recipe, graphs, tmp_path_factory):
-    """Every tflite precision of both towers, built as the CLIP job builds them (one stage, fp32 converted once)."""
-    from edgekit.backends.litert.towers import build_tower
-    from edgekit.recipe import TargetSpec
+    from edgekit.job import Job
+    from edgekit.recipe import load_recipe
 
     stage = tmp_path_factory.mktemp("clip-tflite")
-    return {(p, name): build_tower(recipe, stage, graphs[name], TargetSpec(backend="tflite", precision=p)) for p in PRECISIONS for name in ("vision", "text")}
+    data = {
+        "name": "clip-litert", "model": {"family": "clip", "config": str(CONFIG), "tokenizer": str(BPE)}, "targets": ["tflite:fp32"],
+        "quantization": {"calibration": {"images": str(COCO / "calib_images"), "count": 8, "warn_below": 1}},
+        "clip": {"text_calibration": {"captions": str(CAPTIONS), "count": 32}}, "benchmark": {"threads": 2},
+    }
+    path = stage / "clip-litert.yaml"
+    path.write_text(yaml.safe_dump(data))
+    job = Job(load_recipe(path), path, stage)
+    job.family.load()
+    return job
 
 
 @pytest.fixture(scope="module")
-def reference(clip):
+def graphs(job):
+    """Both towers as the job hands them to LiteRT: the family's PyTorch source, calibration feeds and int8 mode (the
+    FP32 ONNX is never read by LiteRT)."""
+    from edgekit.backends import Graph
+
+    family, c = job.family, job.recipe.clip
+    out = {}
+    for name, mode in (("vision", c.vision_int8), ("text", c.text_int8)):
+        out[name] = Graph(name, Path("unused.onnx"), "transformer", calibration=family.calibration(name), torch=family.torch_source(name), int8=mode)
+    assert out["vision"].int8 == "static" and out["text"].int8 == "dynamic" and len(out["vision"].calibration) == 8 and len(out["text"].calibration) == 32
+    assert out["vision"].calibration.items == sorted((COCO / "calib_images").iterdir())[:8] and out["text"].calibration.items == captions(32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(job, graphs):
+    """Every tflite precision of both towers, built as the CLIP job builds them (one stage, fp32 converted once)."""
+    from edgekit import registry
+    from edgekit.targets import Target
+
+    backend = registry.backend("tflite")
+    assert backend.available() is None
+    return {(p, name): backend.build(graphs[name], Target(backend="tflite", precision=p), job.run) for p in PRECISIONS for name in ("vision", "text")}
+
+
+@pytest.fixture(scope="module")
+def reference(job):
     """4 real images and 8 real captions (trimmed to the longest), and the PyTorch embeddings."""
-    family, modules = clip
+    family, modules = job.family.clip, job.family.modules
     pixels = np.concatenate([family.image_feed(p)["pixel_values"] for p in sorted((COCO / "images").iterdir())[:4]])
     feed = family.text_feed(captions(8))
     with torch.no_grad():
@@ -104,9 +119,9 @@ def test_precisions_and_settings(built) -> None:
     assert built[("int8", "text")].path == built[("dynamic", "text")].path  # one dynamic text graph serves both targets
 
 
-def test_trimmed_and_single_row_text_feeds(built, clip) -> None:
+def test_trimmed_and_single_row_text_feeds(built, job) -> None:
     """Padding a trimmed batch back to 77 gives the full-length embeddings; a row alone gives its row of the batch."""
-    family, _ = clip
+    family = job.family.clip
     texts = captions(12)[4:]
     with built[("fp32", "text")].make_runner() as runner:
         full = runner.infer(family.text_feed(texts, trim=False))["text_embeds"]
@@ -130,17 +145,19 @@ def test_generic_runner_reads_the_names_from_the_file(built, reference) -> None:
         assert [(m.name, m.shape) for m in runner.inputs] == [("pixel_values", (1, 3, 224, 224))] and runner.output_names == ["image_embeds"]
 
 
-def test_a_tower_that_cannot_convert_is_not_built(recipe, graphs, tmp_path) -> None:
+def test_a_tower_that_cannot_convert_is_not_built(job, graphs, tmp_path) -> None:
     from dataclasses import replace
 
-    from edgekit.backends.litert.towers import build_tower
-    from edgekit.recipe import TargetSpec
+    from edgekit import progress, registry
+    from edgekit.backends import Run
+    from edgekit.targets import Target
 
     class Unsupported(torch.nn.Module):
         def forward(self, pixel_values):
             raise NotImplementedError("an op litert-torch cannot lower")
 
-    graph = replace(graphs["vision"], torch_module=Unsupported())
-    built = build_tower(recipe, tmp_path, graph, TargetSpec(backend="tflite", precision="fp32"))
+    graph = replace(graphs["vision"], torch=replace(graphs["vision"].torch, module=Unsupported()))
+    built = registry.backend("tflite").build(graph, Target(backend="tflite", precision="fp32"), Run(job.recipe, tmp_path, progress.track))
     assert built.path is None and built.make_runner is None
-    assert built.not_built.startswith("litert-torch cannot convert the vision tower (NotImplementedError: an op litert-torch cannot lower")
+    # the backend knows graphs, not towers: the reason names the graph
+    assert built.not_built.startswith("litert-torch cannot convert the vision graph (NotImplementedError: an op litert-torch cannot lower")

@@ -123,6 +123,7 @@ def _ignored_consumers_of_fake_quantize(ir_model, ignored: set[str]) -> list[str
 
 
 def test_int8_ir_keeps_head_decode_float_and_tracks_fp32(fp32_onnx, calib_images, eval_images, yolo, tmp_path):
+    from edgekit.backends.base import LazyFeeds
     from edgekit.backends.openvino.nncf_quant import openvino_ignored_names, quantize_openvino
 
     family, _ = yolo
@@ -133,7 +134,8 @@ def test_int8_ir_keeps_head_decode_float_and_tracks_fp32(fp32_onnx, calib_images
     assert {"/model.24/Sigmoid", "/model.24/Sigmoid_1", "/model.24/Sigmoid_2", "output0"} <= ignored
     assert not any(name.startswith("/model.24/m.") for name in ignored)  # the head convs stay quantizable
 
-    xml = quantize_openvino(fp32_onnx, tmp_path / "int8.xml", calib_images[:16], family.preprocess, float_nodes)
+    feeds = LazyFeeds(calib_images[:16], lambda p: family.preprocess(p)[0])  # the calibration feeds a Graph carries
+    xml = quantize_openvino(fp32_onnx, tmp_path / "int8.xml", feeds, float_nodes)
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     ir = ov.Core().read_model(str(xml))
     ops = list(ir.get_ordered_ops())

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
-from edgekit.passes import GraphPass, PassResult, available_passes, get_pass, register_pass, run_passes
+from edgekit.passes import (
+    GraphPass,
+    PassResult,
+    available_passes,
+    build_passes,
+    fuse_graph,
+    get_pass,
+    register_pass,
+    run_passes,
+)
+from edgekit.passes.base import _REGISTRY
 from edgekit.recipe import ExportSpec
 
+REPO = Path(__file__).resolve().parents[1]
 ALL_PASSES = [
     "constant_folding", "eliminate_identity", "fuse_attention", "fuse_conv_affine", "fuse_conv_bn", "infer_shapes", "onnxslim", "remove_unused",
 ]
@@ -433,3 +446,177 @@ def test_run_passes_default_list():
     # empty list: a copy, unchanged
     same, none = run_passes(model, [])
     assert none == [] and same is not model and same.SerializeToString() == snapshot
+
+
+# ---------------------------------------------------------------------------------------------- fuse_graph
+
+
+class TinyYolo(torch.nn.Module):
+    """A YOLO-shaped toy: Conv/BN/SiLU backbone with a residual bottleneck, SPPF, upsample + concat neck, sigmoid head."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = ConvBnSiLU(3, 8, 3, 2)
+        self.down = ConvBnSiLU(8, 16, 3, 2)
+        self.b1, self.b2 = ConvBnSiLU(16, 8, 1), ConvBnSiLU(8, 16, 3)
+        self.sppf_in, self.sppf_out = ConvBnSiLU(16, 8, 1), ConvBnSiLU(32, 16, 1)
+        self.pool = torch.nn.MaxPool2d(5, 1, 2)
+        self.lateral = ConvBnSiLU(16 + 8, 16, 3)
+        self.head = torch.nn.Conv2d(16, 3 * (5 + classes), 1)
+
+    def forward(self, x):
+        p1 = self.stem(x)
+        p2 = self.down(p1)
+        p2 = p2 + self.b2(self.b1(p2))
+        y = self.sppf_in(p2)
+        y1 = self.pool(y)
+        y2 = self.pool(y1)
+        p2 = self.sppf_out(torch.cat([y, y1, y2, self.pool(y2)], 1))
+        up = torch.nn.functional.interpolate(p2, scale_factor=2.0, mode="nearest")
+        out = self.head(self.lateral(torch.cat([up, p1], 1))).sigmoid()
+        return out.flatten(2).transpose(1, 2)
+
+
+def feed_list(model: onnx.ModelProto, n: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    return [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in feeds_for(model).items()} for _ in range(n)]
+
+
+def test_pass_options_from_recipe_dict():
+    spec = ExportSpec.model_validate(yaml.safe_load("passes: [{constant_folding: {size_limit_bytes: 4194304}}, {remove_unused: }, eliminate_identity]"))
+    assert spec.passes == [{"constant_folding": {"size_limit_bytes": 4 << 20}}, {"remove_unused": {}}, "eliminate_identity"]
+    configured = build_passes(spec.passes)
+    assert [p.name for p in configured] == ["constant_folding", "remove_unused", "eliminate_identity"]
+    assert configured[0].config.size_limit_bytes == 4 << 20
+    # the option has its effect: the 2 MiB ConstantOfShape is folded only with the raised limit
+    x = tensor("x", [512, 1024])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("Add", ["x", "big"], ["y"]),
+    ]
+    model = make_model(nodes, [x], [tensor("y", [512, 1024])], [const("shape", [512, 1024], np.int64)])
+    fused, record = fuse_graph(model, spec.passes, simplify=False, feeds=feed_list(model, 1), tolerance=1e-4)
+    assert ops(fused) == ["Add"]
+    assert record["applied"][0]["options"] == {"size_limit_bytes": 4 << 20} and record["applied"][1]["options"] == {}
+    assert record["onnxslim"] == "off" and record["verified"]["max_abs_error"] == 0.0
+    assert ops(run_passes(model, ["constant_folding"])[0]) == ["ConstantOfShape", "Add"]  # default limit: kept
+    assert ops(run_passes(model, spec.passes)[0]) == ["Add"]
+
+
+def test_unknown_pass_option_is_one_clear_error(tmp_path):
+    from pydantic import ValidationError
+
+    from edgekit.recipe import load_recipe
+
+    with pytest.raises(ValidationError, match="unknown option 'bogus' for pass 'fuse_conv_bn'"):
+        ExportSpec(passes=["constant_folding", {"fuse_conv_bn": {"bogus": 1}}])
+    with pytest.raises(ValidationError, match="bad value for option 'size_limit_bytes' of pass 'constant_folding'"):
+        ExportSpec(passes=[{"constant_folding": {"size_limit_bytes": -1}}])
+    with pytest.raises(ValidationError, match="bad pass entry"):
+        ExportSpec(passes=[{"constant_folding": {}, "fuse_conv_bn": {}}])
+    data = yaml.safe_load((REPO / "recipes" / "yolov5n.yaml").read_text())
+    data["export"]["passes"] = ["constant_folding", {"fuse_conv_bn": {"bogus": 1}}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EdgekitError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert "export.passes" in msg and "unknown option 'bogus' for pass 'fuse_conv_bn'" in msg and "\n" not in msg
+    model = export(Stack(), (1, 3, 16, 16))
+    with pytest.raises(EdgekitError, match="unknown option 'bogus' for pass 'fuse_conv_bn'"):
+        fuse_graph(model, [{"fuse_conv_bn": {"bogus": 1}}], simplify=False, feeds=feed_list(model), tolerance=1e-3)
+
+
+def test_fuse_graph_names_the_pass_that_changes_outputs():
+    class BreakWeight(GraphPass):
+        name = "test_break_weight"
+        description = "test only: scales the first Conv weight"
+
+        def transform(self, model):
+            init = {t.name: t for t in model.graph.initializer}[next(n for n in model.graph.node if n.op_type == "Conv").input[1]]
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+            return model
+
+    register_pass(BreakWeight)
+    try:
+        model = export(Stack(), (1, 3, 16, 16), fold=False)
+        feeds = feed_list(model)
+        with pytest.raises(EdgekitError) as info:
+            fuse_graph(model, ["fuse_conv_bn", "test_break_weight", "remove_unused"], simplify=True, feeds=feeds, tolerance=1e-3, graph="tiny")
+        msg = str(info.value)
+        assert "tiny: pass 'test_break_weight' changed the outputs" in msg and "max abs error" in msg and "\n" not in msg
+        assert "fuse_conv_bn" not in msg.split(" -- fix")[0]
+    finally:
+        _REGISTRY.pop("test_break_weight")
+
+
+def test_fuse_graph_keeps_unslimmed_model_when_onnxslim_fails(monkeypatch):
+    import onnxslim
+
+    from edgekit import progress
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "log", lines.append)
+    model = export(Stack(), (1, 3, 16, 16), fold=False)
+    feeds = feed_list(model)
+    passes = ExportSpec().passes
+    expected, _ = run_passes(model, passes)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("slim exploded\nsecond line")
+
+    monkeypatch.setattr(onnxslim, "slim", boom)
+    fused, record = fuse_graph(model, passes, simplify=True, feeds=feeds, tolerance=1e-3)
+    assert fused.SerializeToString() == expected.SerializeToString()
+    assert record["onnxslim"] == "kept unslimmed: onnxslim raised RuntimeError: slim exploded"
+    assert [r["name"] for r in record["applied"]] == passes and record["verified"]["feeds"] == 2
+    assert lines == ["[yellow]onnxslim skipped: onnxslim raised RuntimeError: slim exploded[/yellow]"]
+
+    def wrong(model, **kwargs):  # "succeeds" with different numbers
+        for t in model.graph.initializer:
+            if t.data_type == TensorProto.FLOAT and len(t.dims) == 4:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * -1.0, t.name))
+                break
+        return model
+
+    lines.clear()
+    monkeypatch.setattr(onnxslim, "slim", wrong)
+    fused, record = fuse_graph(model, passes, simplify=True, feeds=feeds, tolerance=1e-3, graph="detector")
+    assert fused.SerializeToString() == expected.SerializeToString()
+    assert record["onnxslim"].startswith("kept unslimmed: its output failed verification: output ")
+    assert record["verified"]["max_error_ratio"] <= 1.0
+    assert len(lines) == 1 and lines[0].startswith("[yellow]onnxslim skipped (detector): ")
+
+
+def test_fuse_graph_yolo_like(monkeypatch):
+    import json
+
+    from edgekit import progress
+    from edgekit.passes import verify
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "log", lines.append)
+    model = export(TinyYolo(), (1, 3, 64, 64), fold=False, outputs=["preds"])
+    assert ops(model).count("BatchNormalization") == 7
+    snapshot = model.SerializeToString()
+    feeds = feed_list(model, 3)
+    sessions: list[int] = []
+    real = verify._session
+    monkeypatch.setattr(verify, "_session", lambda m: sessions.append(1) or real(m))
+    fused, record = fuse_graph(model, ExportSpec().passes, simplify=True, feeds=feeds, tolerance=1e-3)
+    assert len(sessions) == 2  # the normal path: one session for the reference, one for the fused model, all feeds
+    assert model.SerializeToString() == snapshot
+    assert not {"BatchNormalization", "Identity"} & set(ops(fused)) and ops(fused).count("Conv") == 8
+    onnx.checker.check_model(fused, full_check=True)
+    assert [o.name for o in fused.graph.output] == ["preds"]
+    assert record["onnxslim"] == "applied" and lines == []
+    assert [r["name"] for r in record["applied"]] == ExportSpec().passes
+    assert record["applied"][1]["nodes_after"] < record["applied"][1]["nodes_before"]
+    verified = record["verified"]
+    assert verified["feeds"] == 3 and verified["tolerance"] == 1e-3 and set(verified["outputs"]) == {"preds"}
+    assert 0 <= verified["max_abs_error"] < 1e-4 and verified["max_error_ratio"] < 1
+    json.dumps(record)
+    for feed in feeds:
+        ref, got = run(model, feed)[0], run(fused, feed)[0]
+        assert np.abs(ref - got).max() < 1e-4

@@ -60,6 +60,16 @@ def test_bad_values_and_missing_keys(tmp_path, base):
         load_recipe(_write(tmp_path, no_quant))
 
 
+def test_quantization_enabled_false_refuses_quantized_targets(tmp_path, base):
+    """``quantization.enabled: false`` turns quantization off: quantized targets are refused by name, float-only
+    recipes load without a quantization section."""
+    off = dict(base, quantization=dict(base["quantization"], enabled=False))
+    with pytest.raises(EdgekitError, match="quantization.enabled is false but onnxruntime:int8, openvino:int8, tflite:int8 need quantization"):
+        load_recipe(_write(tmp_path, off))
+    recipe = load_recipe(_write(tmp_path, dict(off, targets=["onnxruntime:fp32", "openvino:fp16"])))
+    assert recipe.quantization is None and [t.name for t in recipe.targets] == ["onnxruntime:fp32", "openvino:fp16"]
+
+
 def test_yaml_syntax_error_names_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nmodel: [unclosed\n")

@@ -1,12 +1,12 @@
 """Graph passes over ONNX models (constant folding, Conv fusions, cleanup), registered by name.
 
-    model, results = run_passes(model, ["constant_folding", "fuse_conv_bn", "eliminate_identity", "remove_unused"])
+    model, results = run_passes(model, ["constant_folding", {"fuse_conv_bn": {}}, "eliminate_identity", "remove_unused"])
+    fused, record = fuse_graph(model, passes, simplify=True, feeds=[{"images": x}], tolerance=1e-3)  # + verified in ORT
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import onnx
 
@@ -23,29 +23,19 @@ from edgekit.passes import (  # noqa: E402,F401  isort: skip
     remove_unused,
     shape_inference,
 )
+from edgekit.passes.verify import apply_passes, build_passes, fuse_graph, pass_entry  # noqa: E402  isort: skip
 
-__all__ = ["GraphPass", "PassConfig", "PassResult", "available_passes", "get_pass", "register_pass", "run_passes"]
+__all__ = [
+    "GraphPass", "PassConfig", "PassResult", "apply_passes", "available_passes", "build_passes", "fuse_graph", "get_pass",
+    "pass_entry", "register_pass", "run_passes",
+]
 
 
-def run_passes(
-    model: onnx.ModelProto,
-    names: list[str],
-    progress: bool = False,
-    configs: dict[str, dict] | None = None,
-) -> tuple[onnx.ModelProto, list[PassResult]]:
-    """Apply the named passes in order to a copy of ``model``; ``configs`` maps pass name -> options."""
-    configs = configs or {}
-    passes = [get_pass(name, configs.get(name)) for name in names]  # every name is checked before any work
-    results: list[PassResult] = []
-    for p in passes:
-        g = model.graph
-        before = (len(g.node), len(g.initializer))
-        start = time.perf_counter()
-        model = p.apply(model)
-        result = PassResult(p.name, before[0], len(model.graph.node), before[1], len(model.graph.initializer), time.perf_counter() - start)
-        results.append(result)
-        if progress:
-            print(f"  pass {result.summary()}", file=sys.stderr, flush=True)
+def run_passes(model: onnx.ModelProto, names: list[str | dict], progress: bool = False) -> tuple[onnx.ModelProto, list[PassResult]]:
+    """Apply the passes in order to a copy of ``model``; each entry is a name or ``{name: {option: value}}``. No verification."""
+    passes = build_passes(names)  # every entry is checked before any work
+    log = (lambda r: print(f"  pass {r.summary()}", file=sys.stderr, flush=True)) if progress else None
+    model, results = apply_passes(model, passes, log)
     if not passes:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
