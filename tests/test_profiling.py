@@ -54,7 +54,7 @@ class SleepRunner(Runner):
     def outputs(self) -> list[TensorMeta]:
         return [TensorMeta("x", (1,), np.dtype(np.float32))]
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         time.sleep(self.seconds)
         return dict(feed)

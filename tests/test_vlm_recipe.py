@@ -29,8 +29,9 @@ def test_smolvlm_report_has_every_target_measured(smolvlm_run) -> None:
     fp32 = report["variants"][0]
     check = fp32["manifest"]["settings"]["pytorch_generation_check"]
     assert check["prompts"] == 2 and check["identical_sequences"] == 2  # FP32 ONNX greedy == PyTorch generate
-    for key in ("export vision", "export embed", "export decoder"):
-        assert fp32["manifest"]["settings"][key]["check"]["passed"]
+    for graph in ("vision", "embed", "decoder"):
+        assert fp32["manifest"]["settings"]["export"][graph]["check"]["passed"]
+        assert fp32["manifest"]["settings"]["passes"][graph]["onnxslim"] == "applied"
     assert fp32["metrics"]["token_agreement"] == 1 and fp32["metrics"]["logit_kl"] == 0
     for v in report["variants"]:
         m = v["metrics"]

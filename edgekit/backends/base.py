@@ -33,6 +33,7 @@ class Quantized:
     path: Path
     mode: str  # static | dynamic | int8 | int4 (weight-only) -- what the graph runs in
     settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    calibration: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # how the shared ranges were made
 
 
 @dataclass

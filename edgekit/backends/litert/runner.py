@@ -28,6 +28,7 @@ class LiteRTRunner(Runner):
     """Runs a ``.tflite`` model. ``input_names`` maps the model's inputs to the contract's names, in order."""
 
     backend = "tflite"
+    flexible_shapes = True  # NCHW feeds transposed, batches looped on batch-1 graphs, token sequences padded
 
     def __init__(
         self, model_path: str | Path, threads: int | None = None, input_names: list[str] | None = None, output_names: list[str] | None = None,
@@ -104,8 +105,7 @@ class LiteRTRunner(Runner):
         self.load()
         return {**{n: np.dtype(d["dtype"]).name for n, d in zip(self.input_names, self._in)}, **{n: np.dtype(d["dtype"]).name for n, d in zip(self.output_names, self._out)}}
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [self._fit(name, np.asarray(feed[name]), detail) for name, detail in zip(self.input_names, self._in)]
         rows = {int(x.shape[0]) for x in arrays if x.ndim}
         if len(rows) == 1 and (n := rows.pop()) > 1 and all(len(d["shape"]) and int(d["shape"][0]) == 1 for d in self._in):

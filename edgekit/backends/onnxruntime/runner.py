@@ -85,8 +85,7 @@ class OnnxRuntimeRunner(Runner):
         self.load()
         return self._meta(self.session.get_outputs())
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
         values = self.session.run(names, feed)
         return dict(zip(names, values))

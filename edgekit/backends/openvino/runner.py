@@ -142,8 +142,7 @@ class OpenVinoRunner(Runner):
         self.load()
         return self._meta(self.compiled.outputs)
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._request.infer(feed)  # copies outputs (share_outputs=False)
         return {port.get_any_name(): np.asarray(results[port]) for port in self.compiled.outputs}
 

@@ -82,7 +82,7 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         form = graph.quantized.get("int8")
         if not graph.ranges or form is None:
             return Built(None, precision, not_built=f"no shared calibration ranges for the {graph.name} graph")
-        onnx_path, issues = quantized_onnx(graph, folder / file_name(graph, "model_int8_qdq.onnx"), form.settings["calibration"])
+        onnx_path, issues = quantized_onnx(graph, folder / file_name(graph, "model_int8_qdq.onnx"), form.calibration)
         files += [onnx_path, folder / "quant_spec_tensorrt.json"]
         settings["lint"] = {"issues": issues, "passed": not issues}
         if issues:

@@ -104,8 +104,7 @@ class TensorRTRunner(Runner):
             self._buffers[name] = (ptr, size)
         return ptr
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, ctx = self._cudart, self.context
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         hosts = []  # keep host arrays alive until the stream is synchronized
