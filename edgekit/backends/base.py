@@ -155,7 +155,7 @@ class Backend(abc.ABC):
     install: ClassVar[str] = ""  # the extra that installs it, for messages
     runs_forms: ClassVar[bool] = False  # runs the family's quantized ONNX forms as they are (ONNX Runtime)
 
-    def check_recipe(self, recipe: "Recipe") -> None:
+    def check_recipe(self, recipe: Recipe) -> None:  # noqa: B027 (an optional hook)
         """Raise ``ValueError`` for recipe settings this backend cannot honour (called while the recipe is validated)."""
 
     def placement(self) -> Placement | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-from edgekit.errors import EdgekitError
-
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -21,11 +19,10 @@ def tokenize(text: str) -> str:
 
 def caption_scores(candidates: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
     """``{"bleu4", "bleu1", "cider"}`` of one candidate caption per key against that key's reference captions."""
-    try:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError as exc:
-        raise EdgekitError("captioning metrics need pycocoevalcap", None, 'pip install "edgekit[vlm]"') from exc
+    from edgekit.optional import require
+
+    Bleu = require("pycocoevalcap.bleu.bleu", "vlm", "captioning metrics").Bleu
+    Cider = require("pycocoevalcap.cider.cider", "vlm", "captioning metrics").Cider
     keys = sorted(candidates)
     if not keys or any(k not in references or not references[k] for k in keys):
         raise ValueError("every candidate needs at least one reference caption")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 from pydantic import Field
 
-from edgekit.errors import EdgekitError
 from edgekit.passes.base import GraphPass, PassConfig, io_names, register_pass
 
 
@@ -23,10 +22,9 @@ class OnnxSlim(GraphPass):
         no_shape_infer: bool = False
 
     def transform(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        try:
-            import onnxslim
-        except ImportError as exc:
-            raise EdgekitError("the onnxslim pass needs the onnxslim package", fix="pip install onnxslim") from exc
+        from edgekit.optional import require
+
+        onnxslim = require("onnxslim", "export", "the onnxslim pass")  # a core dependency: only a broken install lacks it
         saved_inputs = {}
         for vi in model.graph.input:
             saved_inputs[vi.name] = onnx.ValueInfoProto()

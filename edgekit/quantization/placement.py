@@ -51,7 +51,6 @@ ORT_PLACEMENT = Placement(
     fixed_ranges={"Sigmoid": Range(0.0, 1.0)},
     shared_io=frozenset({"MaxPool", "Resize"}),
 )
-CONV_ONLY_PLACEMENT = Placement(name="conv-only", ops=frozenset({"Conv"}))
 # TensorRT: Q/DQ on the inputs of compute layers (and of residual Adds and Concats, so they fuse); SiLU, pools and
 # resizes stay float (TensorRT fuses pointwise ops into the conv); symmetric int8 activations; float biases.
 TENSORRT_PLACEMENT = Placement(
@@ -61,7 +60,6 @@ TENSORRT_PLACEMENT = Placement(
 # QLinearMatMul / MatMulIntegerToFloat; attention's activation x activation MatMuls, Softmax, LayerNorm, GELU and
 # the patch-embedding Conv stay float.
 TRANSFORMER_PLACEMENT = Placement(name="transformer", ops=frozenset({"MatMul", "Gemm"}), weighted_only=frozenset({"MatMul", "Gemm"}))
-PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, CONV_ONLY_PLACEMENT, TENSORRT_PLACEMENT, TRANSFORMER_PLACEMENT)}
 
 
 def matches(name: str, patterns: list[str]) -> bool:

@@ -24,7 +24,7 @@ class QParams:
     dtype: str = "uint8"
 
     @staticmethod
-    def from_range(rng: Range, dtype: str = "uint8", symmetric: bool = False) -> "QParams":
+    def from_range(rng: Range, dtype: str = "uint8", symmetric: bool = False) -> QParams:
         low, high = min(rng.low, 0.0), max(rng.high, 0.0)
         if symmetric or dtype == "int8":
             bound = max(abs(low), abs(high), 1e-8)

@@ -32,12 +32,9 @@ SIGNATURE = "serving_default"
 
 
 def require(module: str):
-    import importlib
+    from edgekit.optional import require as require_extra
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise EdgekitError(f"{module.split('.')[0]} is not installed (needed for tflite targets)", fix=INSTALL_FIX) from exc
+    return require_extra(module, "tflite", "tflite targets")
 
 
 def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | None = None, run: Run | None = None) -> dict:

@@ -46,10 +46,9 @@ class LiteRTRunner(Runner):
     def load(self) -> None:
         if self.interpreter is not None:
             return
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise EdgekitError("ai-edge-litert is not installed", fix='pip install -e ".[tflite]"') from exc
+        from edgekit.optional import require
+
+        Interpreter = require("ai_edge_litert.interpreter", "tflite", "tflite targets").Interpreter
         if not self.model_path.is_file():
             raise EdgekitError("LiteRT model not found", self.model_path, "check the path or run `edgekit export` with a tflite target")
         try:

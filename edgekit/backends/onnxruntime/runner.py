@@ -44,10 +44,9 @@ class OnnxRuntimeRunner(Runner):
     def load(self) -> None:
         if self.session is not None:
             return
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise EdgekitError("onnxruntime is not installed", fix='pip install -e ".[onnxruntime]"') from exc
+        from edgekit.optional import require
+
+        ort = require("onnxruntime", "onnxruntime", "onnxruntime targets")
         if not self.model_path.is_file():
             raise EdgekitError("ONNX model not found", self.model_path, "check the path or run `edgekit export` first")
         options = ort.SessionOptions()

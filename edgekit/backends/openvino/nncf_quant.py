@@ -33,11 +33,11 @@ _STRUCTURAL = {"Constant", "Parameter", "Result"}
 
 
 def _import_nncf():
-    try:
-        import nncf
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise EdgekitError("nncf is not installed", fix='pip install -e ".[openvino]"') from exc
     import logging
+
+    from edgekit.optional import require
+
+    nncf = require("nncf", "openvino", "openvino:int8 targets")
 
     nncf.set_log_level(logging.WARNING)  # one INFO line per ignored op otherwise
     return nncf

@@ -16,11 +16,9 @@ PRECISION_HINTS = ("f32", "bf16", "f16")
 
 def import_openvino():
     """``import openvino`` or an ``EdgekitError`` naming the install command."""
-    try:
-        import openvino
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise EdgekitError("openvino is not installed", fix=INSTALL_FIX) from exc
-    return openvino
+    from edgekit.optional import require
+
+    return require("openvino", "openvino", "openvino targets")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -232,6 +232,3 @@ def _same_params(index: GraphIndex, q: onnx.NodeProto, dq: onnx.NodeProto) -> bo
 
     return params(q) == params(dq)
 
-
-def format_issues(issues: list[LintIssue]) -> str:
-    return "\n".join(str(i) for i in issues)
