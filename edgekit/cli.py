@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -58,12 +58,12 @@ def _print_variants(report) -> None:
 @app.command("eval")
 def eval_(
     model: Annotated[Path, typer.Argument(help="YOLO detector: .onnx, OpenVINO .xml, .tflite (edgekit/Ultralytics output layout)")],
-    images: Annotated[Optional[Path], typer.Option(help="image folder (default: the COCO subset in EDGEKIT_ASSETS)")] = None,
-    annotations: Annotated[Optional[Path], typer.Option(help="COCO instances JSON")] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="input side; default: from the model")] = None,
+    images: Annotated[Path | None, typer.Option(help="image folder (default: the COCO subset in EDGEKIT_ASSETS)")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="COCO instances JSON")] = None,
+    input_size: Annotated[int | None, typer.Option(help="input side; default: from the model")] = None,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
-    max_images: Annotated[Optional[int], typer.Option(help="evaluate the first N images only")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
+    max_images: Annotated[int | None, typer.Option(help="evaluate the first N images only")] = None,
+    backend: Annotated[str | None, typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
 ) -> None:
     """COCO mAP50-95 / mAP50 of a YOLO model on any backend."""
     from edgekit import progress
@@ -95,7 +95,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 10,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     batch: Annotated[int, typer.Option(help="batch size for dynamic-batch models")] = 1,
-    backend: Annotated[Optional[str], typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
+    backend: Annotated[str | None, typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
 ) -> None:
     """Latency (median/p90/p99/min), throughput, size and peak memory on any backend, with the device fingerprint."""
     import numpy as np
@@ -122,7 +122,7 @@ def bench(
 
 @app.command()
 def inspect(
-    model: Annotated[Optional[Path], typer.Argument(help="ONNX model")] = None,
+    model: Annotated[Path | None, typer.Argument(help="ONNX model")] = None,
     passes: Annotated[bool, typer.Option("--passes", help="list the available fusion passes")] = False,
 ) -> None:
     """Inputs, outputs, opset, operator counts, Q/DQ counts, size and edgekit provenance of an ONNX model."""
@@ -164,7 +164,7 @@ def inspect(
 @app.command()
 def build(
     run: Annotated[Path, typer.Argument(help="a folder written by `edgekit export` with tensorrt targets")],
-    precision: Annotated[Optional[str], typer.Option(help="build only this precision (fp32, fp16, int8)")] = None,
+    precision: Annotated[str | None, typer.Option(help="build only this precision (fp32, fp16, int8)")] = None,
 ) -> None:
     """Build the run's TensorRT engines on this device (TensorRT Python API, or trtexec), each with its manifest."""
     from edgekit.backends.tensorrt.builder import build_from_run
@@ -178,7 +178,7 @@ def embed_labels_(
     run: Annotated[Path, typer.Argument(help="a CLIP run folder written by `edgekit export`")],
     labels: Annotated[Path, typer.Option(help="text file, one class name per line")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the (classes, dim) float32 .npy")],
-    template: Annotated[Optional[list[str]], typer.Option(help="prompt template with '{}' (repeat to ensemble); default 'a photo of a {}.'")] = None,
+    template: Annotated[list[str] | None, typer.Option(help="prompt template with '{}' (repeat to ensemble); default 'a photo of a {}.'")] = None,
     target: Annotated[str, typer.Option(help="whose text tower encodes the prompts")] = "onnxruntime:fp32",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
@@ -201,8 +201,8 @@ def embed_labels_(
 def generate(
     run: Annotated[Path, typer.Argument(help="a VLM run folder written by `edgekit export` (e.g. recipes/smolvlm.yaml)")],
     prompt: Annotated[str, typer.Option(help="the question or instruction")],
-    image: Annotated[Optional[Path], typer.Option(help="JPEG/PNG image (omit for a text-only prompt)")] = None,
-    target: Annotated[Optional[str], typer.Option(help="which exported target runs, e.g. onnxruntime:int4 (default: the recipe's first)")] = None,
+    image: Annotated[Path | None, typer.Option(help="JPEG/PNG image (omit for a text-only prompt)")] = None,
+    target: Annotated[str | None, typer.Option(help="which exported target runs, e.g. onnxruntime:int4 (default: the recipe's first)")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="stop after this many tokens (or at end of turn)")] = 64,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
 ) -> None:

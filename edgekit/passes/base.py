@@ -6,8 +6,9 @@ The helpers below are shared by the pass modules (constant lookup, use counting,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from edgekit.errors import EdgekitError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
-_REGISTRY: dict[str, type["GraphPass"]] = {}
+_REGISTRY: dict[str, type[GraphPass]] = {}
 
 
 class PassConfig(BaseModel):
@@ -36,7 +37,7 @@ class GraphPass:
     class Config(PassConfig):
         pass
 
-    def __init__(self, config: "GraphPass.Config | dict | None" = None) -> None:
+    def __init__(self, config: GraphPass.Config | dict | None = None) -> None:
         if isinstance(config, self.Config):
             self.config = config
             return

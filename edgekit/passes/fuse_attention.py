@@ -18,7 +18,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgekit.passes.base import GraphPass, constant_value, initializer_map, producers, register_pass, set_repeated, use_counts
+from edgekit.passes.base import (
+    GraphPass,
+    constant_value,
+    initializer_map,
+    producers,
+    register_pass,
+    set_repeated,
+    use_counts,
+)
 
 MS_DOMAIN = "com.microsoft"
 

@@ -28,7 +28,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_mb = max(self.peak_mb, self._rss_mb())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._stop.clear()
         self.start_mb = self.peak_mb = self._rss_mb()
         self._thread = threading.Thread(target=self._sample, name="edgekit-peak-memory", daemon=True)

@@ -26,7 +26,7 @@ class Runner(abc.ABC):
     backend: str = "abstract"
     flexible_shapes: bool = False  # the runner adapts static dims itself (LiteRT: row loop, sequence padding)
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.load()
         return self
 

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from edgekit.errors import EdgekitError
-from edgekit.models.pickled import STORAGE_DTYPES, Record, record_class
 from edgekit.models.clip.open_clip import check_clip_state_dict, config_from_open_clip, state_dict_from_open_clip
+from edgekit.models.pickled import STORAGE_DTYPES, Record, record_class
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

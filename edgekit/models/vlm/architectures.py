@@ -7,8 +7,9 @@ has no chat template. Everything else (embedding, KV-cache decoder, generation) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

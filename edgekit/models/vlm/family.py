@@ -40,7 +40,7 @@ class VlmFamily:
         self.provenance: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, weights, config=None, tokenizer=None, seed: int = 0) -> tuple["VlmFamily", Any]:
+    def load(cls, weights, config=None, tokenizer=None, seed: int = 0) -> tuple[VlmFamily, Any]:
         """``(family, model)`` from a Hugging Face folder (see ``edgekit.models.vlm.checkpoint.load_vlm``)."""
         from edgekit.models.vlm.checkpoint import load_vlm
 
@@ -105,7 +105,7 @@ class VlmFamily:
         })
 
     @classmethod
-    def from_run(cls, folder: Path) -> "VlmFamily":
+    def from_run(cls, folder: Path) -> VlmFamily:
         from transformers import AutoProcessor
 
         meta_path = folder / META_FILE

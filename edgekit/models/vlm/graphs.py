@@ -26,7 +26,7 @@ class CacheLayout:
     head_dim: int
 
     @classmethod
-    def of(cls, text_config) -> "CacheLayout":
+    def of(cls, text_config) -> CacheLayout:
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         kv = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
         return cls(text_config.num_hidden_layers, kv, head_dim)

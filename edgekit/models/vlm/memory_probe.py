@@ -42,9 +42,9 @@ def _status_mb(field: str) -> float:
 
 
 def _main() -> None:
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
     from edgekit.models.vlm.generate import generate
     from edgekit.models.vlm.graphs import CacheLayout
-    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     job = json.loads(sys.stdin.read())
     feeds = dict(np.load(job["feeds"]))

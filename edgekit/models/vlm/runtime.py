@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgekit.errors import EdgekitError
 from edgekit.models.vlm.family import META_FILE, VlmFamily

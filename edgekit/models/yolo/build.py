@@ -10,7 +10,7 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.models.yolo.checkpoint import Checkpoint
-from edgekit.models.yolo.modules import C2PSA, C2f, C3, C3k2, SPPF, Bottleneck, Concat, Conv, Detect, DetectV8
+from edgekit.models.yolo.modules import C2PSA, C3, SPPF, Bottleneck, C2f, C3k2, Concat, Conv, Detect, DetectV8
 
 _BLOCKS = {"Conv": Conv, "C3": C3, "C2f": C2f, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "Bottleneck": Bottleneck}
 _REPEATED = {C3, C2f, C3k2, C2PSA}

@@ -36,7 +36,7 @@ class YoloFamily:
             raise EdgekitError(f"input size {self.input_size} is not a multiple of the model's stride {MAX_STRIDE}", source, fix)
 
     @classmethod
-    def from_runner_metadata(cls, inputs: list, outputs: list, input_size: int | None = None) -> "YoloFamily":
+    def from_runner_metadata(cls, inputs: list, outputs: list, input_size: int | None = None) -> YoloFamily:
         """Settings for an already exported model: input name/size from its input, head layout from its output.
 
         YOLOv5 outputs (batch, anchors, 5 + classes); YOLOv8 outputs (batch, 4 + classes, anchors).
