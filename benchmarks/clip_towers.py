@@ -31,9 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from edgekit.artifacts import write_json_atomic  # noqa: E402
+from edgekit.job import Job  # noqa: E402
 from edgekit.onnx_io import save_onnx  # noqa: E402
 from edgekit.quantization.graph import non_float_nodes  # noqa: E402
-from edgekit.job import Job  # noqa: E402
 from edgekit.quantization.placement import TRANSFORMER_PLACEMENT, Placement  # noqa: E402
 from edgekit.recipe import load_recipe  # noqa: E402
 
@@ -51,8 +51,8 @@ def static(model: onnx.ModelProto, samples: list, feed, placement: Placement, al
 
 
 def variants(job: Job, work: Path) -> dict[str, dict[str, Path]]:
-    from edgekit.quantization.dynamic import quantize_dynamic_matmul
     from edgekit.passes import run_passes
+    from edgekit.quantization.dynamic import quantize_dynamic_matmul
     from edgekit.quantization.embedding import quantize_embedding_tables
 
     d, fam = job.family, job.family.clip
@@ -76,9 +76,9 @@ def variants(job: Job, work: Path) -> dict[str, dict[str, Path]]:
 
 
 def main() -> None:
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
     from edgekit.profiling.latency import measure_latency_interleaved
     from edgekit.profiling.memory import model_size_bytes
-    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)

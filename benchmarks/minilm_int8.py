@@ -276,12 +276,12 @@ def main() -> None:
     from rich.table import Table
 
     from edgekit.artifacts import sha256_file, write_json_atomic
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
     from edgekit.export import check_against_torch
     from edgekit.profiling.device import device_fingerprint
     from edgekit.profiling.latency import measure_latency_interleaved
     from edgekit.profiling.memory import model_size_bytes
     from edgekit.quantization.dynamic import quantize_dynamic_matmul
-    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     args = parse_args()
     console = Console(width=200)

@@ -124,8 +124,8 @@ def litert_ultralytics(torch_model, out: Path, images: list[Path], preprocess: P
     division into the decode (before any concat): the route's intent, applied where it works for this head."""
     import copy
 
-    import torch
     import litert_torch
+    import torch
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     model = copy.deepcopy(torch_model).eval()

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import peers  # noqa: E402
+
 from edgekit.artifacts import write_json_atomic  # noqa: E402
 from edgekit.backends import Built  # noqa: E402
 from edgekit.job import Job, reference_target  # noqa: E402

@@ -29,15 +29,15 @@ sys.path.insert(0, str(HERE))
 
 from edgekit.artifacts import write_json_atomic  # noqa: E402
 from edgekit.assets import assets_dir  # noqa: E402
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
+from edgekit.evaluators.coco import load_coco_images  # noqa: E402
+from edgekit.evaluators.detection import evaluate_detector  # noqa: E402
 from edgekit.export import export_onnx  # noqa: E402
 from edgekit.models.yolo.family import YoloFamily  # noqa: E402
 from edgekit.profiling.device import device_fingerprint  # noqa: E402
-from edgekit.evaluators.coco import load_coco_images  # noqa: E402
-from edgekit.evaluators.detection import evaluate_detector  # noqa: E402
 from edgekit.profiling.latency import measure_latency_interleaved  # noqa: E402
 from edgekit.profiling.memory import PeakMemory, model_size_bytes  # noqa: E402
 from edgekit.quantization.ptq import quantize_static  # noqa: E402
-from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner  # noqa: E402
 
 EDGEKIT_RECIPE = {"method": "percentile", "percentile": 99.99, "per_channel": True, "float_nodes": "YoloFamily.float_nodes (head decode)"}
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,12 @@ class Job:
         raw, fp32 = self.stage / f"{name}_fp32_raw.onnx", self.stage / f"{name}_fp32.onnx"
         single = name == "model"
         with self.timer("export" if single else f"export {name}"):
-            export_module(spec.module, spec.example_inputs, raw, r.export.opset, spec.input_names, spec.output_names, spec.dynamic_axes)
-            check = check_against_torch(spec.check_module or spec.module, raw, spec.check_feeds, r.export.tolerance)
+            if spec.onnx is not None:  # an existing ONNX model (the onnx family): imported as the raw export, no PyTorch check
+                self.record_input(spec.onnx)
+                check = import_onnx(spec.onnx, raw, r.export.opset)
+            else:
+                export_module(spec.module, spec.example_inputs, raw, r.export.opset, spec.input_names, spec.output_names, spec.dynamic_axes)
+                check = check_against_torch(spec.check_module or spec.module, raw, spec.check_feeds, r.export.tolerance)
         with self.timer("fuse" if single else f"fuse {name}"):
             fused, record = fuse_graph(load_onnx(raw), list(r.export.passes), r.export.simplify, spec.check_feeds, r.export.tolerance, name)
             save_onnx(fused, fp32, {"edgekit_version": edgekit.__version__, "precision": "fp32", **({} if single else {"graph": name})})
@@ -145,7 +150,7 @@ class Job:
         write_json_atomic(self.stage / ("quant_spec.json" if graph.single else f"{graph.name}_quant_spec.json"), result.spec.to_dict())
         calibration = {k: spec_settings[k] for k in ("method", "percentile", "per_channel", "calibration_images", "calibration_key")}
         settings = {**q.model_dump(), **spec_settings, "from_cache": result.calibration.from_cache}
-        graph.quantized["int8"] = Quantized(path, "static", {**settings, "calibration": calibration})
+        graph.quantized["int8"] = Quantized(path, "static", settings, calibration)
         graph.ranges = dict(result.calibration.ranges)
         graph.spec_tensors = frozenset(result.spec.activations)
         graph.int8 = "static"
@@ -250,7 +255,7 @@ class Job:
 
         def quant(graph: str) -> dict | None:
             form = self.graphs[graph].quantized.get(target.precision) if target.quantized else None
-            return {k: v for k, v in form.settings.items() if k != "calibration"} if form and built[graph].precision != "fp32" else None
+            return form.settings if form and built[graph].precision != "fp32" else None
 
         def per_graph(value):
             return value(names[0]) if single else {g: value(g) for g in names}
@@ -317,6 +322,56 @@ class Job:
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
         self.timings["total"] = round(time.perf_counter() - start, 3)
         return self.report(variants, ref_target)
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """How an existing ONNX model became a graph's raw export (an imported graph's export ``check`` record)."""
+
+    source: str
+    sha256: str
+    source_opset: int
+    opset: int
+
+    def to_dict(self) -> dict:
+        return {"imported": True, "pytorch_check": "none (no PyTorch module)", **asdict(self)}
+
+
+def import_onnx(source: Path, raw: Path, opset: int) -> ImportRecord:
+    """An existing ONNX model as a graph's raw export (``GraphExport.onnx``): copied byte for byte, or, when its opset
+    is below ``export.opset`` (Q/DQ needs >= 13), it lists initializers as graph inputs (IR < 4 files) or has unnamed
+    or repeated node names, upgraded with onnx's version converter, its initializers dropped from the inputs and its
+    nodes named (``<op_type>_<index>``)."""
+    from onnx import helper, version_converter
+
+    model = load_onnx(source)
+    found = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    weights = {i.name for i in model.graph.initializer}
+    names = [n.name for n in model.graph.node]
+    named = all(names) and len(set(names)) == len(names)  # Q/DQ and NNCF's ignored scope address nodes by name
+    if found >= opset and named and not any(i.name in weights for i in model.graph.input):
+        shutil.copyfile(source, raw)
+        return ImportRecord(str(source), sha256_file(source), found, found)
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    if not named:
+        seen: set[str] = set()
+        for i, node in enumerate(model.graph.node):
+            if not node.name or node.name in seen:
+                node.name = f"{node.name or node.op_type}_{i}"
+            seen.add(node.name)
+    model.ir_version = max(model.ir_version, 4)  # IR 3 requires initializers among the inputs
+    if found < opset:
+        try:
+            model = version_converter.convert_version(model, opset)
+        except Exception as exc:  # onnx's converter raises its own C++ error types
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            fix = f"set export.opset: {found} (imported as is), or convert the model yourself" if found >= 13 else "convert the model to opset >= 13 yourself"
+            raise EdgekitError(f"cannot convert the model from opset {found} to {opset} ({why})", source, fix) from exc
+        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import)))
+    save_onnx(model, raw, {"edgekit_imported_from": source.name, "edgekit_source_opset": found})
+    return ImportRecord(str(source), sha256_file(source), found, max(found, opset))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-
 from conftest import REPO
+
 from edgekit.backends import Graph, Run
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe, load_recipe

@@ -8,11 +8,10 @@ import zipfile
 
 import pytest
 import torch
+from conftest import WEIGHTS_PT, WEIGHTS_ST
 
 from edgekit.errors import EdgekitError
 from edgekit.models.yolo.checkpoint import load_checkpoint
-
-from conftest import WEIGHTS_PT, WEIGHTS_ST
 
 
 def test_pt_and_safetensors_hold_the_same_weights():

@@ -12,9 +12,7 @@ import onnx
 import pytest
 import torch
 import yaml
-
 from conftest import COCO, REPO, captions
-
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +116,10 @@ def test_fuse_attention_matches_this_export(clip, towers_onnx, tmp_path) -> None
 def test_vision_int8_quantizes_weight_matmuls_only(clip, towers_onnx, tmp_path, calib_images) -> None:
     """Static Q/DQ on the 61 weight MatMuls (6 per block + projection), which ORT runs as MatMulIntegerToFloat;
     LayerNorm, Softmax, GELU, the attention MatMuls and the patch-embedding Conv stay float."""
+    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
     from edgekit.quantization.graph import GraphIndex
     from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
     from edgekit.quantization.ptq import quantize_static
-    from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     family, _ = clip
     model = onnx.load(towers_onnx["vision"])

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINYCLIP_CONFIG as TINY_CONFIG
 from safetensors.torch import save_file
 from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.models.clip.checkpoint import load_clip
 from edgekit.models.clip.open_clip import config_from_open_clip, state_dict_from_open_clip
-
-from conftest import TINYCLIP_CONFIG as TINY_CONFIG
 
 EOT = 49407
 # Small but shaped to expose mistakes: text width != vision width != embed dim, several heads, head width 16 / 12.

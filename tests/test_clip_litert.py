@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from conftest import CAPTIONS, CLIP_BPE as BPE, COCO, TINYCLIP_CONFIG as CONFIG, captions
+from conftest import CAPTIONS, COCO, captions
+from conftest import CLIP_BPE as BPE
+from conftest import TINYCLIP_CONFIG as CONFIG
 
 pytest.importorskip("litert_torch", reason='litert-torch is not installed (pip install -e ".[tflite]"): no LiteRT conversion')
 pytest.importorskip("ai_edge_litert", reason='ai-edge-litert is not installed (pip install -e ".[tflite]")')

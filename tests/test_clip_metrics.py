@@ -8,13 +8,18 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import ASSETS, COCO
 
 from edgekit.errors import EdgekitError
 from edgekit.evaluators.retrieval import load_coco_captions, retrieval_recall
-from edgekit.evaluators.zero_shot import class_embeddings, prediction_agreement, topk_accuracy, topk_overlap, zero_shot_scores
+from edgekit.evaluators.zero_shot import (
+    class_embeddings,
+    prediction_agreement,
+    topk_accuracy,
+    topk_overlap,
+    zero_shot_scores,
+)
 from edgekit.models.clip.prompts import load_labelled_images, load_section_classes, load_templates
-
-from conftest import ASSETS, COCO
 
 PROMPTS = ASSETS / "clip_tokenizer" / "openai_clip_prompts.md"
 IMAGENET_CSV = ASSETS / "imagenet_sample_1000" / "labels.csv"

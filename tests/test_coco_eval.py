@@ -6,11 +6,10 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import ANNOTATIONS, COCO
 
 from edgekit.errors import EdgekitError
 from edgekit.evaluators.coco import coco_category_ids, coco_class_names, evaluate_coco, load_coco_images
-
-from conftest import ANNOTATIONS, COCO
 
 pytestmark = pytest.mark.skipif(not ANNOTATIONS.is_file(), reason="real COCO subset not available")
 

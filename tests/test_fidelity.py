@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
 from edgekit.evaluators.fidelity import compare_outputs, summarize_fidelity
-from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def test_identical_outputs():

@@ -13,12 +13,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ASSETS, REPO
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
 from edgekit.quantization.dynamic import quantize_dynamic_matmul
-
-from conftest import ASSETS, REPO
 
 BENCH = REPO / "benchmarks" / "minilm_int8.py"
 

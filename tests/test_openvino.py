@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 ov = pytest.importorskip("openvino", reason='openvino is not installed (pip install -e ".[openvino]")')
 
+from edgekit.backends.openvino.runner import OpenVinoRunner  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 from edgekit.runners.base import Runner  # noqa: E402
-from edgekit.backends.openvino.runner import OpenVinoRunner  # noqa: E402
 
 
 def _tiny_onnx(path: Path) -> tuple[Path, np.ndarray]:

@@ -12,12 +12,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
 from edgekit.profiling.device import FLAGS_OF_INTEREST, device_fingerprint, parse_proc_cpuinfo
 from edgekit.profiling.latency import LatencyStats, measure_latency
 from edgekit.profiling.memory import PeakMemory, model_size_bytes
 from edgekit.runners.base import Runner, TensorMeta
-from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def _matmul_model(n: int = 256) -> onnx.ModelProto:

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import COCO
 
 from edgekit.errors import EdgekitError
 from edgekit.quantization.calibration import SmallCalibrationSetWarning, calibration_images, collect_ranges
@@ -15,8 +16,6 @@ from edgekit.quantization.observers import Histogram, MinMax
 from edgekit.quantization.ptq import quantize_static
 from edgekit.quantization.qdq import quantize_weight
 from edgekit.quantization.spec import QParams, Range
-
-from conftest import COCO
 
 
 def test_percentile_clips_outliers_minmax_does_not():

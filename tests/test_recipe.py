@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ASSETS, REPO
 
 from edgekit.errors import EdgekitError
 from edgekit.recipe import load_recipe
-
-from conftest import ASSETS, REPO
 
 
 def _write(tmp_path, data) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import stand_in_trtexec
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
@@ -30,7 +31,6 @@ from edgekit.backends.tensorrt.qdq import (
     lint_qdq_for_tensorrt,
     quantize_for_tensorrt,
 )
-from conftest import stand_in_trtexec
 from edgekit.errors import EdgekitError
 from edgekit.quantization.ptq import quantize_static
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import COCO
 
 pytest.importorskip("transformers")

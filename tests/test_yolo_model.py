@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ANNOTATIONS, COCO
 
 from edgekit.errors import EdgekitError
 from edgekit.export import fuse_batchnorm
 from edgekit.models.yolo.build import build_model
 from edgekit.models.yolo.family import YoloFamily
-
-from conftest import ANNOTATIONS, COCO
 
 
 def test_architecture_matches_official_parameter_count(yolo):

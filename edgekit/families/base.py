@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class GraphExport:
-    """One graph a family exports: the module, its example call and names, and real inputs for the PyTorch check."""
+    """One graph a family exports: the module, its example call and names, and real inputs for the PyTorch check
+    (and for verifying the fusion passes).
+
+    A family without a PyTorch module (``onnx``: a user's ONNX model) gives ``onnx``, an existing ONNX file, instead:
+    ``module`` is None and ``example_inputs`` empty; the job imports the file as the graph's raw export (no PyTorch
+    check) and still runs and verifies the passes on ``check_feeds``."""
 
     name: str
-    module: Any  # torch.nn.Module
+    module: Any  # torch.nn.Module (None with ``onnx``)
     example_inputs: tuple
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
@@ -39,6 +44,7 @@ class GraphExport:
     check_feeds: list[Feed]
     kind: Literal["cnn", "transformer", "decoder"] = "cnn"
     check_module: Any = None  # what the ONNX graph is checked against, when not ``module`` (YOLO: before BN folding)
+    onnx: Path | None = None  # an existing ONNX file to import instead of exporting ``module``
 
 
 @dataclass

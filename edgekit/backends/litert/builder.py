@@ -235,7 +235,8 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
     threads = run.threads
 
     def make_runner() -> LiteRTRunner:
-        return LiteRTRunner(path, threads=threads, input_names=list(source.input_names), output_names=list(source.output_names), pad_sequences=source.pad_sequences)
+        return LiteRTRunner(path, threads=threads, input_names=list(source.input_names), output_names=list(source.output_names),
+                            pad_sequences=source.pad_sequences, channels_last=list(source.channels_last))
 
     try:
         with make_runner() as runner:

@@ -32,13 +32,14 @@ class LiteRTRunner(Runner):
 
     def __init__(
         self, model_path: str | Path, threads: int | None = None, input_names: list[str] | None = None, output_names: list[str] | None = None,
-        pad_sequences: bool | None = None,
+        pad_sequences: bool | None = None, channels_last: list[str] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.threads = threads
         self.input_names = input_names
         self.output_names = output_names
         self.pad_sequences = pad_sequences
+        self.channels_last = channels_last  # inputs the model takes NHWC (fed NCHW); None: every 4-D input
         self.interpreter = None
         self._in: list[dict] = []
         self._out: list[dict] = []
@@ -83,15 +84,17 @@ class LiteRTRunner(Runner):
             named.append({} if any(re.fullmatch(positional, n) for n in names.values()) else names)
         return named[0], named[1]
 
-    @staticmethod
-    def _nchw(shape) -> tuple:
+    def _nhwc(self, name: str, rank: int) -> bool:
+        return rank == 4 and (self.channels_last is None or name in self.channels_last)
+
+    def _nchw(self, name: str, shape) -> tuple:
         shape = tuple(int(d) for d in shape)
-        return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
+        return (shape[0], shape[3], shape[1], shape[2]) if self._nhwc(name, len(shape)) else shape
 
     @property
     def inputs(self) -> list[TensorMeta]:
         self.load()
-        return [TensorMeta(n, self._nchw(d["shape"]), _contract_dtype(d)) for n, d in zip(self.input_names, self._in)]
+        return [TensorMeta(n, self._nchw(n, d["shape"]), _contract_dtype(d)) for n, d in zip(self.input_names, self._in)]
 
     @property
     def outputs(self) -> list[TensorMeta]:
@@ -113,7 +116,7 @@ class LiteRTRunner(Runner):
         return self._invoke(arrays)
 
     def _fit(self, name: str, x: np.ndarray, detail: dict) -> np.ndarray:
-        if x.ndim == 4:
+        if self._nhwc(name, x.ndim):
             return x.transpose(0, 2, 3, 1)
         length = int(detail["shape"][1]) if len(detail["shape"]) == 2 else None
         if self.pad_sequences and x.ndim == 2 and length and x.shape[1] != length and np.dtype(detail["dtype"]).kind in "iu":

@@ -7,6 +7,7 @@ values read back from the compiled model go into the report, so it states what a
 from __future__ import annotations
 
 from edgekit.backends.base import Built, Graph, Run, file_name
+from edgekit.errors import EdgekitError
 from edgekit.targets import Target
 
 # target precision -> (IR file, compress weights to fp16, compile-time INFERENCE_PRECISION_HINT)
@@ -99,7 +100,11 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         settings["nncf"] = quantize_openvino_transformer(graph.fp32, xml, feeds, graph.int8)
     else:
         convert_float_ir(graph.fp32, xml, compress)
-    make_runner, settings["compiled"] = compiled_runner(xml, run.threads, hint, spec.device)
+    try:
+        make_runner, settings["compiled"] = compiled_runner(xml, run.threads, hint, spec.device)
+    except EdgekitError as exc:  # the plugin cannot compile this IR (seen: grouped convolutions of ShuffleNet-v1 in int8)
+        return Built(None, target.precision, files=[xml, xml.with_suffix(".bin")], settings=settings,
+                     not_built=f"OpenVINO cannot compile the {graph.name} graph: {str(exc).split(' -- fix')[0]}")
     notes = []
     if settings["compiled"].get("INFERENCE_PRECISION_HINT") not in (None, hint):
         notes.append(f"asked for {hint}, the device compiled {settings['compiled']['INFERENCE_PRECISION_HINT']}")
