@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.optional import require
 
 METRIC_NAMES = ("mAP50-95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
 _FIX = "set evaluation.dataset.annotations to a COCO instances JSON"
@@ -29,7 +30,7 @@ class CocoResult:
 
 @lru_cache(maxsize=8)
 def _load_coco(path: str, _mtime_ns: int, _size: int):
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "coco", "COCO evaluation").COCO
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -97,7 +98,7 @@ def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: li
     ``detections``: ``{image_id, category_id, bbox: [x, y, w, h] in original pixels, score}``; only those on
     ``image_ids`` (default: every annotated image) are scored. The caller's dicts are not modified.
     """
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = require("pycocotools.cocoeval", "coco", "COCO evaluation").COCOeval
 
     coco = _coco(annotations)
     known = set(coco.getImgIds())

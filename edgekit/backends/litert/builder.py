@@ -27,7 +27,6 @@ from edgekit.errors import EdgekitError
 from edgekit.profiling.device import package_version
 from edgekit.targets import Target
 
-INSTALL_FIX = 'pip install -e ".[tflite]"'
 SIGNATURE = "serving_default"
 
 

@@ -28,7 +28,6 @@ class LiteRTRunner(Runner):
     """Runs a ``.tflite`` model. ``input_names`` maps the model's inputs to the contract's names, in order."""
 
     backend = "tflite"
-    flexible_shapes = True  # NCHW feeds transposed, batches looped on batch-1 graphs, token sequences padded
 
     def __init__(
         self, model_path: str | Path, threads: int | None = None, input_names: list[str] | None = None, output_names: list[str] | None = None,
@@ -96,6 +95,22 @@ class LiteRTRunner(Runner):
         self.load()
         return [TensorMeta(n, self._nchw(n, d["shape"]), _contract_dtype(d)) for n, d in zip(self.input_names, self._in)]
 
+    def feed_inputs(self) -> list[TensorMeta]:
+        """What ``infer`` accepts: ``inputs`` (NCHW, float32 or int64 token ids -- the runner transposes, casts and
+        quantizes), with the dims the runner adapts itself left dynamic: the batch when every model input has batch 1
+        (rows run one at a time), and the length of 2-D integer inputs with ``pad_sequences`` (shorter ones padded;
+        ``_fit`` refuses longer ones)."""
+        row_loop = all(len(d["shape"]) and int(d["shape"][0]) == 1 for d in self._in)
+        metas = []
+        for meta, detail in zip(self.inputs, self._in):
+            shape = list(meta.shape)
+            if row_loop and shape:
+                shape[0] = None
+            if self.pad_sequences and len(shape) == 2 and np.dtype(detail["dtype"]).kind in "iu":
+                shape[1] = None
+            metas.append(TensorMeta(meta.name, tuple(shape), meta.dtype))
+        return metas
+
     @property
     def outputs(self) -> list[TensorMeta]:
         self.load()
@@ -110,7 +125,10 @@ class LiteRTRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [self._fit(name, np.asarray(feed[name]), detail) for name, detail in zip(self.input_names, self._in)]
         rows = {int(x.shape[0]) for x in arrays if x.ndim}
-        if len(rows) == 1 and (n := rows.pop()) > 1 and all(len(d["shape"]) and int(d["shape"][0]) == 1 for d in self._in):
+        batch_one = all(len(d["shape"]) and int(d["shape"][0]) == 1 for d in self._in)
+        if batch_one and len(rows) > 1:
+            raise EdgekitError(f"inputs have different batch sizes {sorted(rows)}", self.model_path, "feed the same number of rows to every input")
+        if len(rows) == 1 and (n := rows.pop()) > 1 and batch_one:
             outs = [self._invoke([x[i : i + 1] for x in arrays]) for i in range(n)]  # static batch 1: one row at a time
             return {name: np.concatenate([o[name] for o in outs]) for name in self.output_names}
         return self._invoke(arrays)
@@ -133,6 +151,7 @@ class LiteRTRunner(Runner):
 
     def close(self) -> None:
         self.interpreter = None
+        super().close()
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -95,3 +95,4 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+        super().close()

@@ -10,7 +10,6 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.runners.base import Runner, TensorMeta
 
-INSTALL_FIX = 'pip install -e ".[openvino]"'
 PRECISION_HINTS = ("f32", "bf16", "f16")
 
 
@@ -147,3 +146,4 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         self._request = None
         self.compiled = None
+        super().close()

@@ -46,6 +46,8 @@ class TensorRTRunner(Runner):
         self._trt = None
         self._cudart = None
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, bytes)
+        self._inputs: list[TensorMeta] = []  # read once at load: infer_impl runs without asking the engine again
+        self._outputs: list[TensorMeta] = []
 
     def load(self) -> None:
         if self.engine is not None:
@@ -57,7 +59,9 @@ class TensorRTRunner(Runner):
         try:
             cudart = import_cudart()
         except ImportError as exc:
-            raise EdgekitError("cuda-python is not installed (TensorRTRunner uses it for device memory)", self.engine_path, "pip install cuda-python") from exc
+            from edgekit.optional import missing
+
+            raise missing("cuda-python", "tensorrt", "tensorrt targets: device memory", self.engine_path) from exc
         if self.check_manifest:
             check_engine_manifest(self.engine_path, self.device_info or current_device_info(trt.__version__))
         elif not self.engine_path.is_file():
@@ -71,6 +75,8 @@ class TensorRTRunner(Runner):
         self.engine = engine
         self.context = engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
+        self._inputs = self._meta(self._names(trt.TensorIOMode.INPUT))
+        self._outputs = self._meta(self._names(trt.TensorIOMode.OUTPUT))
 
     def _names(self, mode) -> list[str]:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -87,12 +93,12 @@ class TensorRTRunner(Runner):
     @property
     def inputs(self) -> list[TensorMeta]:
         self.load()
-        return self._meta(self._names(self._trt.TensorIOMode.INPUT))
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list[TensorMeta]:
         self.load()
-        return self._meta(self._names(self._trt.TensorIOMode.OUTPUT))
+        return list(self._outputs)
 
     def _device(self, name: str, nbytes: int) -> int:
         """A device buffer of at least ``nbytes`` for ``name`` (reused across calls, grown when needed)."""
@@ -108,9 +114,7 @@ class TensorRTRunner(Runner):
         cudart, ctx = self._cudart, self.context
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         hosts = []  # keep host arrays alive until the stream is synchronized
-        for meta in self.inputs:
-            if meta.name not in feed:
-                raise EdgekitError(f"input {meta.name!r} missing from the feed (have {sorted(feed)})", self.engine_path)
+        for meta in self._inputs:  # infer checked names, dtypes, ranks and static dims; the profile's range is TensorRT's
             arr = np.ascontiguousarray(feed[meta.name], dtype=meta.dtype)
             if not ctx.set_input_shape(meta.name, tuple(arr.shape)):
                 raise EdgekitError(f"input {meta.name!r} shape {arr.shape} is outside the engine's profile {meta.shape}", self.engine_path, "rebuild with a matching dynamic_batch range")
@@ -119,7 +123,7 @@ class TensorRTRunner(Runner):
             ctx.set_tensor_address(meta.name, ptr)
             hosts.append(arr)
         results = {}
-        for meta in self.outputs:
+        for meta in self._outputs:
             shape = tuple(ctx.get_tensor_shape(meta.name))
             out = np.empty(shape, dtype=meta.dtype)
             ctx.set_tensor_address(meta.name, self._device(meta.name, out.nbytes))
@@ -142,3 +146,5 @@ class TensorRTRunner(Runner):
         self.stream = None
         self.context = None
         self.engine = None
+        self._inputs, self._outputs = [], []
+        super().close()
