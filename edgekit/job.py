@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -99,6 +98,8 @@ class Job:
         with self.timer("export" if single else f"export {name}"):
             if spec.onnx is not None:  # an existing ONNX model (the onnx family): imported as the raw export, no PyTorch check
                 self.record_input(spec.onnx)
+                from edgekit.export.onnx_import import import_onnx
+
                 check = import_onnx(spec.onnx, raw, r.export.opset)
             else:
                 export_module(spec.module, spec.example_inputs, raw, r.export.opset, spec.input_names, spec.output_names, spec.dynamic_axes)
@@ -322,56 +323,6 @@ class Job:
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
         self.timings["total"] = round(time.perf_counter() - start, 3)
         return self.report(variants, ref_target)
-
-
-@dataclass(frozen=True)
-class ImportRecord:
-    """How an existing ONNX model became a graph's raw export (an imported graph's export ``check`` record)."""
-
-    source: str
-    sha256: str
-    source_opset: int
-    opset: int
-
-    def to_dict(self) -> dict:
-        return {"imported": True, "pytorch_check": "none (no PyTorch module)", **asdict(self)}
-
-
-def import_onnx(source: Path, raw: Path, opset: int) -> ImportRecord:
-    """An existing ONNX model as a graph's raw export (``GraphExport.onnx``): copied byte for byte, or, when its opset
-    is below ``export.opset`` (Q/DQ needs >= 13), it lists initializers as graph inputs (IR < 4 files) or has unnamed
-    or repeated node names, upgraded with onnx's version converter, its initializers dropped from the inputs and its
-    nodes named (``<op_type>_<index>``)."""
-    from onnx import helper, version_converter
-
-    model = load_onnx(source)
-    found = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
-    weights = {i.name for i in model.graph.initializer}
-    names = [n.name for n in model.graph.node]
-    named = all(names) and len(set(names)) == len(names)  # Q/DQ and NNCF's ignored scope address nodes by name
-    if found >= opset and named and not any(i.name in weights for i in model.graph.input):
-        shutil.copyfile(source, raw)
-        return ImportRecord(str(source), sha256_file(source), found, found)
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    if not named:
-        seen: set[str] = set()
-        for i, node in enumerate(model.graph.node):
-            if not node.name or node.name in seen:
-                node.name = f"{node.name or node.op_type}_{i}"
-            seen.add(node.name)
-    model.ir_version = max(model.ir_version, 4)  # IR 3 requires initializers among the inputs
-    if found < opset:
-        try:
-            model = version_converter.convert_version(model, opset)
-        except Exception as exc:  # onnx's converter raises its own C++ error types
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            fix = f"set export.opset: {found} (imported as is), or convert the model yourself" if found >= 13 else "convert the model to opset >= 13 yourself"
-            raise EdgekitError(f"cannot convert the model from opset {found} to {opset} ({why})", source, fix) from exc
-        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import)))
-    save_onnx(model, raw, {"edgekit_imported_from": source.name, "edgekit_source_opset": found})
-    return ImportRecord(str(source), sha256_file(source), found, max(found, opset))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

@@ -23,7 +23,7 @@ class ModelSpec(_Strict):
         None,
         description="yolo: safetensors or Ultralytics .pt checkpoint; clip: a Hugging Face CLIPModel folder, an open_clip "
         "checkpoint file (with `config`), or a hub id; vlm: a Hugging Face LLaVA or SmolVLM/Idefics3 folder (pickles are read "
-        "without executing code)",
+        "without executing code); onnx: the .onnx model file",
     )
     config: PathText | None = Field(None, description="clip: open_clip or Hugging Face config JSON; vlm: a config folder (config.json, "
                                     "preprocessor_config.json); without weights, random weights from `seed`")
