@@ -92,3 +92,9 @@ def families() -> list[type[Family]]:
 def backend_for_suffix(suffix: str) -> Backend | None:
     """The backend whose runner reads files ending in ``suffix`` (``.onnx``, ``.xml``, ``.tflite``, ``.engine``)."""
     return next((b for b in backends() if suffix.lower() in b.suffixes), None)
+
+
+def refresh() -> None:
+    """Forget what was looked up, so entry points installed since (e.g. by ``pip install`` in this process) are read."""
+    for fn in (_table, backend, family):
+        fn.cache_clear()

@@ -38,12 +38,10 @@ def onnxref(tmp_path, monkeypatch):
     line = next(x for x in toml.splitlines() if "=" in x and not x.startswith("["))
     (dist / "entry_points.txt").write_text(f"[{group}]\n{line.replace(chr(34), '')}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for fn in (registry._table, registry.backend, registry.family):
-        fn.cache_clear()
+    registry.refresh()
     yield registry.backend("onnxref")
     sys.modules.pop("edgekit_onnxref", None)
-    for fn in (registry._table, registry.backend, registry.family):
-        fn.cache_clear()
+    registry.refresh()
 
 
 def test_builtin_names():
@@ -74,6 +72,6 @@ def test_entry_point_backend_is_a_target_and_builds(onnxref, tmp_path):
 def test_entry_point_clashing_with_builtin_is_refused(onnxref, tmp_path):
     dist = next(tmp_path.glob("*.dist-info"))
     (dist / "entry_points.txt").write_text("[edgekit.backends]\nopenvino = edgekit_onnxref:ReferenceBackend\n")
-    registry._table.cache_clear()
+    registry.refresh()
     with pytest.raises(EdgekitError, match="clashes with edgekit's own 'openvino'"):
         registry.backend_names()
