@@ -36,6 +36,11 @@ from edgekit.targets import Target
 LATENCY_KEYS = ("median", "p90", "p99", "min", "mean")
 
 
+def latency_ms(stats) -> LatencyMs:
+    """The report's latency record of ``LatencyStats`` (milliseconds, 3 decimals)."""
+    return LatencyMs(**{k: round(getattr(stats, k), 3) for k in LATENCY_KEYS})
+
+
 def versions() -> dict[str, str]:
     """edgekit's and every runtime's version, for each variant's manifest."""
     from edgekit.profiling.device import device_fingerprint
@@ -82,8 +87,10 @@ class Job:
         digest = "".join(sha256_file(p) for p in samples) if unit == "images" else "\n".join(samples)
         self.inputs[f"{label} ({len(samples)} {unit})"] = sha256_bytes(digest.encode())
 
-    def _label(self, graph: str, stage: str) -> str:
-        return stage if len(self.graphs) <= 1 and graph == "model" else f"{stage} {graph}"
+    @staticmethod
+    def _label(graph: str, stage: str) -> str:
+        """A stage's timer name: ``export`` for a single-graph family, ``export vision`` for a graph of several."""
+        return stage if graph == "model" else f"{stage} {graph}"
 
     # --- stages -----------------------------------------------------------------------------------------------
 
@@ -95,7 +102,7 @@ class Job:
         r, name = self.recipe, spec.name
         raw, fp32 = self.stage / f"{name}_fp32_raw.onnx", self.stage / f"{name}_fp32.onnx"
         single = name == "model"
-        with self.timer("export" if single else f"export {name}"):
+        with self.timer(self._label(name, "export")):
             if spec.onnx is not None:  # an existing ONNX model (the onnx family): imported as the raw export, no PyTorch check
                 self.record_input(spec.onnx)
                 from edgekit.export.onnx_import import import_onnx
@@ -104,7 +111,7 @@ class Job:
             else:
                 export_module(spec.module, spec.example_inputs, raw, r.export.opset, spec.input_names, spec.output_names, spec.dynamic_axes)
                 check = check_against_torch(spec.check_module or spec.module, raw, spec.check_feeds, r.export.tolerance)
-        with self.timer("fuse" if single else f"fuse {name}"):
+        with self.timer(self._label(name, "fuse")):
             fused, record = fuse_graph(load_onnx(raw), list(r.export.passes), r.export.simplify, spec.check_feeds, r.export.tolerance, name)
             save_onnx(fused, fp32, {"edgekit_version": edgekit.__version__, "precision": "fp32", **({} if single else {"graph": name})})
         if not self.family.keep_raw:
@@ -231,14 +238,12 @@ class Job:
             stats = measure_latency_interleaved(cases, self.recipe.benchmark.warmup, self.recipe.benchmark.runs, b, progress.enabled())
         for key, s in stats.items():
             target, graph = where[key]
-            latency = LatencyMs(**{k: round(getattr(s, k), 3) for k in LATENCY_KEYS})
             holder = variants[target] if graph == "model" else variants[target].components[graph]
-            holder.latency_ms, holder.throughput_per_s = latency, round(s.throughput_per_s, 2)
+            holder.latency_ms, holder.throughput_per_s = latency_ms(s), round(s.throughput_per_s, 2)
 
     @staticmethod
     def _apply_speed(variant: Variant, speed: dict[str, Any]) -> None:
-        s = speed["latency"]
-        variant.latency_ms = LatencyMs(**{k: round(getattr(s, k), 3) for k in LATENCY_KEYS})
+        variant.latency_ms = latency_ms(speed["latency"])
         variant.throughput_per_s = round(speed["throughput_per_s"], 2)
         variant.metrics.update(speed.get("metrics", {}))
         variant.manifest["settings"].update(speed.get("settings", {}))

@@ -9,12 +9,10 @@ built target, and finalizes the run folder. Backends never import a family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import BaseModel
 
 from edgekit.backends.base import AccuracyCheck, Feed, Graph, LazyFeeds, TorchSource
@@ -147,9 +145,3 @@ class Family:
     def finalize(self, reference: Evaluation | None, files: dict[Target, dict[str, Path]]) -> None:
         """Write deployment extras into the run folder (NMS graphs, processor and vlm.json, class embeddings)."""
 
-
-def random_feed(shape: tuple[int, ...], name: str) -> dict[str, np.ndarray]:
-    return {name: np.random.default_rng(0).random(shape, dtype=np.float32)}
-
-
-Preprocess = Callable[[Any], Feed]

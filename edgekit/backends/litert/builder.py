@@ -114,15 +114,6 @@ def quiet_unless_interactive():
     return stack
 
 
-def _input_arg(fp32_path: Path) -> str:
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(model_path=str(fp32_path))
-    return next(iter(runner.get_signature_runner(SIGNATURE).get_input_details()))
-
-
-
-
 def calibration_feeds(fp32_path: Path, graph: Graph, run: Run, label: str) -> list[dict[str, np.ndarray]]:
     """The graph's calibration feeds in the ``.tflite`` signature's names and layout: NHWC for the inputs the
     module takes channels-last, one row per feed when the converted graph has batch 1."""

@@ -11,13 +11,11 @@ from typing import Any
 
 from edgekit.backends.base import Graph, Run
 
-SIGNATURE = "serving_default"
-
 
 def quantize_fully_connected(fp32: Path, out: Path, graph: Graph, run: Run) -> dict[str, Any]:
     """Static int8 of the weight FULLY_CONNECTED ops into ``out`` (``graph.torch.dynamic_patterns``: dynamic instead)."""
     from edgekit.artifacts import atomic_path
-    from edgekit.backends.litert.builder import calibration_feeds, quiet_unless_interactive, require
+    from edgekit.backends.litert.builder import SIGNATURE, calibration_feeds, quiet_unless_interactive, require
     from edgekit.errors import EdgekitError
     from edgekit.profiling.device import package_version
 
