@@ -118,18 +118,13 @@ class ImageInput:
         """One image file as (H, W, 3) RGB pixel values 0-255 at the network size (resized or letterboxed)."""
         from PIL import Image
 
-        from edgekit.models.yolo.processing import read_image
+        from edgekit.models.yolo.processing import letterbox, read_image
 
         image = read_image(path)
         h, w = self.size
         if self.spec.fit == "resize":
             return np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.float32)
-        ratio = min(h / image.height, w / image.width)
-        new_w, new_h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
-        canvas = np.full((h, w, 3), self.spec.pad, dtype=np.float32)
-        top, left = (h - new_h) // 2, (w - new_w) // 2
-        canvas[top : top + new_h, left : left + new_w] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
-        return canvas
+        return letterbox(image, (h, w), self.spec.pad)[0].astype(np.float32)
 
     def feed(self, pixels: np.ndarray) -> Feed:
         """(H, W, 3) RGB pixel values -> the model's feed: channel order, scale, mean/std, layout, batch 1, dtype."""

@@ -31,16 +31,18 @@ def read_image(path: str | Path) -> Image.Image:
         raise EdgekitError("not a readable image", path, "remove the file or replace it with a valid JPEG/PNG") from exc
 
 
-def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Aspect-preserving bilinear resize into ``size``x``size``, centred, padded with 114; returns HWC uint8."""
+def letterbox(image: Image.Image, size: int | tuple[int, int], pad: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
+    """Aspect-preserving bilinear resize into ``size`` (a side, or ``(height, width)``), centred, padded with ``pad``;
+    returns HWC uint8."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     w, h = image.size
-    ratio = min(size / h, size / w)
+    ratio = min(out_h / h, out_w / w)
     new_w, new_h = int(round(w * ratio)), int(round(h * ratio))
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.BILINEAR)
-    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    dw, dh = (out_w - new_w) / 2, (out_h - new_h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas = np.full((out_h, out_w, 3), pad, dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = np.asarray(image, dtype=np.uint8)
     return canvas, Letterbox(ratio, (dw, dh), (h, w))
 
