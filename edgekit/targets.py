@@ -41,9 +41,7 @@ class Target(Strict):
         backend = registry.backend(self.backend, context="targets")
         if self.precision not in backend.precisions:
             raise ValueError(f"{self.backend} has no precision {self.precision!r}: use one of {', '.join(backend.precisions)}")
-        if self.accuracy_control and not backend.accuracy_control:
-            raise ValueError("accuracy_control applies to openvino:int8 only")
-        if self.accuracy_control and self.precision != "int8":
+        if self.accuracy_control and not (backend.accuracy_control and self.precision == "int8"):
             raise ValueError("accuracy_control applies to openvino:int8 only")
         return self
 
