@@ -315,6 +315,7 @@ class Job:
         """Every stage inside the staging folder; returns the report (not yet written)."""
         start = time.perf_counter()
         self.record_input(self.recipe_path)
+        self.family.preflight()
         with self.timer("load"):
             self.family.load()
         for spec in self.family.graphs():

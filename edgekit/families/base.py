@@ -58,7 +58,7 @@ class Evaluation:
 
 
 class Family:
-    """Base of every family; the job calls these in order: ``load``, ``graphs``, per graph ``float_nodes`` /
+    """Base of every family; the job calls these in order: ``preflight``, ``load``, ``graphs``, per graph ``float_nodes`` /
     ``calibration`` / ``quantize`` / ``torch_source`` / ``accuracy``, then ``evaluate`` per target, ``latency_feeds``
     or ``speed``, ``finalize``."""
 
@@ -86,6 +86,10 @@ class Family:
         return getattr(self.recipe, self.name, None) if self.config else None
 
     # --- model and graphs -------------------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Check the family's input files and names before the first heavy stage (raise ``EdgekitError``): a bad
+        annotation file must fail in a second, not after minutes of export."""
 
     def load(self) -> None:
         """Load the weights and the data the run needs; record every input file with ``job.record_input``."""
