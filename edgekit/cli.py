@@ -246,18 +246,59 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the run is so that its cleanup (the staging folder) runs; not a
+    KeyboardInterrupt, which typer would turn into a silent exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _error(message: str) -> None:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2, with no traceback."""
+    """Console entry point: user errors (and a full disk, a read-only folder...) print one line and exit 2 with no
+    traceback; SIGINT exits 130 and SIGTERM 143, each after the run removed its staging folder."""
+    import signal
     import warnings
 
+    from edgekit.errors import environment_error
+
     warnings.showwarning = _show_warning
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
     try:
         app()
-    except EdgekitError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    except BaseException as exc:  # noqa: BLE001 -- sorted below; anything else is re-raised with its traceback
+        if isinstance(exc, SystemExit):
+            raise
+        stop = _interruption(exc)
+        if stop is not None:  # also when an import turned the signal into an ImportError (pybind11 does)
+            _error(f"interrupted ({signal.Signals(stop.signum).name}): stopped, and removed what this run had written; --out is unchanged")
+            sys.exit(128 + stop.signum)
+        err = environment_error(exc) if isinstance(exc, OSError) else exc
+        if not isinstance(err, EdgekitError):
+            raise
+        _error(str(err))
         sys.exit(EdgekitError.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+
+
+def _interruption(exc: BaseException | None) -> Interrupted | None:
+    """The signal behind ``exc``, found along its cause/context chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

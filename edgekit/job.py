@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -26,7 +24,7 @@ import edgekit
 from edgekit import progress, registry
 from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
 from edgekit.backends.base import Built, Graph, Quantized, Run
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, environment_error
 from edgekit.families.base import Evaluation, Family, GraphExport
 from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import Recipe
@@ -331,30 +329,31 @@ class Job:
         return self.report(variants, ref_target)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise EdgekitError("output folder already exists and is not empty", out, "pass --overwrite, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
-
-
 def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False) -> Report:
-    """Run the whole job for ``recipe`` into ``out``; returns the report."""
+    """Run the whole job for ``recipe`` into ``out`` (locked, staged beside it, placed only when everything
+    succeeded: ``edgekit.outdir``); returns the report."""
+    from edgekit.outdir import run_folder
     from edgekit.reports import write_report
 
-    out = Path(out)
-    stage = _prepare_out(out, overwrite)
+    with run_folder(out, overwrite) as folder:
+        try:
+            report = Job(recipe, Path(recipe_path), folder.stage).execute()
+            write_report(report, folder.stage)
+            with _signals_held():
+                folder.commit()
+        except OSError as exc:
+            raise environment_error(exc, folder.real) from None
+    return report
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while the run folder is swapped into place (two renames that must not be split)."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        report = Job(recipe, Path(recipe_path), stage).execute()
-        write_report(report, stage)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(trash / out.name)
-            stage.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            stage.rename(out)
-        return report
+        yield
     finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
