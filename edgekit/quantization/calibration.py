@@ -1,9 +1,19 @@
-"""Calibration: an image folder read through the model's own preprocessing, streamed, with a content-keyed cache."""
+"""Calibration: an image folder read through the model's own preprocessing, streamed, with a content-keyed cache.
+
+The cache (``$EDGEKIT_CACHE/calibration/<key>.json``) never silently changes a result: each entry carries its key and
+the sha256 of its canonical content and is verified on every read (JSON, shape, key, checksum, every tensor present
+with a finite ``low <= high``); an entry that does not verify is reported in one :class:`CacheWarning` line,
+recomputed and replaced atomically. A cache folder that cannot be used is one warning and a run without a cache. Runs
+computing the same key take turns on ``<key>.lock`` (``flock``): the second waits, then reads the first's entry.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +29,13 @@ from edgekit.quantization.observers import Histogram, MinMax, final_range
 from edgekit.quantization.spec import Range
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+CACHE_VERSION = 2  # 2: entries carry their key and a sha256 of their content (version 1 entries are misses)
+
+
+class CacheWarning(UserWarning):
+    """A calibration cache entry did not verify (it is recomputed), or the cache folder cannot be used (no cache)."""
 
 
 class SmallCalibrationSetWarning(UserWarning):
@@ -74,6 +91,99 @@ class CalibrationResult:
     from_cache: bool
 
 
+def _canonical(ranges: dict, settings: dict, images: int) -> bytes:
+    return json.dumps({"ranges": ranges, "settings": settings, "images": images}, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def cache_entry(key: str, ranges: dict[str, Range], settings: dict, images: int) -> dict:
+    """The JSON payload of one cache entry: its key, content and the sha256 of the canonical content."""
+    values = {name: [float(r.low), float(r.high)] for name, r in sorted(ranges.items())}
+    return {"key": key, "ranges": values, "settings": settings, "images": images,
+            "sha256": hashlib.sha256(_canonical(values, settings, images)).hexdigest()}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def verify_entry(data: object, key: str, tensors: Sequence[str], settings: dict, images: int) -> tuple[dict[str, Range] | None, str]:
+    """The ranges of a parsed cache entry, or ``(None, why it does not verify)``."""
+    if not isinstance(data, dict) or not {"key", "ranges", "settings", "images", "sha256"} <= data.keys():
+        return None, "not a calibration cache entry (missing key, ranges, settings, images or sha256)"
+    if data["key"] != key:
+        return None, f"it holds the entry of another key ({str(data['key'])[:12]}...)"
+    values, found_settings, found_images = data["ranges"], data["settings"], data["images"]
+    if not isinstance(values, dict) or not all(isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)) for v in values.values()):
+        return None, "ranges are not [low, high] number pairs"
+    if found_settings != settings or found_images != images:
+        return None, "its settings or image count differ from this calibration's"
+    try:
+        digest = hashlib.sha256(_canonical(values, found_settings, found_images)).hexdigest()
+    except (TypeError, ValueError):
+        digest = None
+    if digest != data["sha256"]:
+        return None, "its sha256 does not match its content"
+    missing = sorted(set(tensors) - values.keys())
+    if missing or len(values) != len(set(tensors)):
+        return None, f"its tensors differ from the calibrated ones ({len(missing)} missing)"
+    bad = [n for n, (low, high) in values.items() if not (math.isfinite(low) and math.isfinite(high) and low <= high)]
+    if bad:
+        return None, f"tensor {bad[0]} has no finite low <= high"
+    return {name: Range(float(low), float(high)) for name, (low, high) in values.items()}, ""
+
+
+def read_entry(path: Path, key: str, tensors: Sequence[str], settings: dict, images: int) -> tuple[dict[str, Range] | None, str]:
+    """The verified ranges of the entry at ``path``, or ``(None, "")`` for a miss, ``(None, why)`` for a bad entry."""
+    try:
+        text = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot read it ({_os_reason(exc)})"
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"not valid JSON ({type(exc).__name__})"
+    return verify_entry(data, key, tensors, settings, images)
+
+
+def _os_reason(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno, type(exc).__name__) if exc.errno else type(exc).__name__
+    return f"{name}: {exc.strerror or exc}"
+
+
+def _unwritable(folder: Path, exc: OSError) -> None:
+    warnings.warn(f"calibration cache {folder} is not writable ({_os_reason(exc)}): running without a cache", CacheWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _entry_lock(folder: Path, key: str) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``<key>.lock`` (an empty file, left in place so every run locks the same inode);
+    yield False (after one warning) when the cache folder cannot be used."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks, entries are still written atomically
+        fcntl = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        _unwritable(folder, exc)
+        yield False
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # another run is computing this key: wait for its entry
+            except OSError:
+                pass  # no locks on this filesystem (ENOLCK): entries are still written atomically
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def observe_model(model: onnx.ModelProto, tensors: list[str]) -> bytes:
     """The model with every observed tensor exposed as an extra output."""
     aug = onnx.ModelProto()
@@ -102,14 +212,45 @@ def collect_ranges(
 
     MinMax takes one pass; percentile and entropy take a second pass that fills fixed-range histograms.
     """
-    import onnxruntime as ort
-
-    settings = {"method": method, "percentile": percentile if method == "percentile" else None, "version": 1}
+    settings = {"method": method, "percentile": percentile if method == "percentile" else None, "version": CACHE_VERSION}
     key = cache_key(model, images, tensors, settings)
-    cached = cache_dir() / f"{key}.json"
-    if use_cache and cached.is_file():
-        data = json.loads(cached.read_text())
-        return CalibrationResult({k: Range(*v) for k, v in data["ranges"].items()}, key, len(images), True)
+    if not use_cache:
+        return CalibrationResult(_compute(model, tensors, images, preprocess, method, percentile, threads, progress), key, len(images), False)
+    folder = cache_dir()
+    path = folder / f"{key}.json"
+    ranges, _ = read_entry(path, key, tensors, settings, len(images))
+    if ranges is not None:
+        return CalibrationResult(ranges, key, len(images), True)
+    with _entry_lock(folder, key) as locked:
+        ranges, problem = read_entry(path, key, tensors, settings, len(images))  # another run may have written it meanwhile
+        if ranges is not None:
+            return CalibrationResult(ranges, key, len(images), True)
+        if problem:
+            warnings.warn(f"calibration cache entry {path} does not verify ({problem}): recomputing it", CacheWarning, stacklevel=2)
+        ranges = _compute(model, tensors, images, preprocess, method, percentile, threads, progress)
+        try:
+            entry = cache_entry(key, ranges, settings, len(images))
+        except ValueError:  # a non-finite range is never cached (it would not verify)
+            entry = None
+        if locked and entry is not None:
+            try:
+                write_json_atomic(path, entry)
+            except OSError as exc:
+                _unwritable(folder, exc)
+    return CalibrationResult(ranges, key, len(images), False)
+
+
+def _compute(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    images: Sequence[Path | str],
+    preprocess: Callable[[Path | str], dict[str, np.ndarray]],
+    method: str,
+    percentile: float,
+    threads: int,
+    progress: Callable[[str, int], Iterator[int]] | None,
+) -> dict[str, Range]:
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -134,7 +275,4 @@ def collect_ranges(
         for values in batches(f"calibration: {method} histograms"):
             for name, value in values.items():
                 hists[name].update(value)
-    ranges = {t: final_range(method, minmax[t], hists.get(t), percentile) for t in wanted}
-    if use_cache:
-        write_json_atomic(cached, {"ranges": {k: [v.low, v.high] for k, v in ranges.items()}, "settings": settings, "images": len(images)})
-    return CalibrationResult(ranges, key, len(images), False)
+    return {t: final_range(method, minmax[t], hists.get(t), percentile) for t in wanted}

@@ -189,17 +189,68 @@ def _from_folder(folder: Path) -> tuple[Any, str]:
     return hf, digest
 
 
+TOKENIZER_CACHE_VERSION = 1
+
+
+def _manifest(folder: Path, digest: str) -> dict:
+    files = {name: sha256_file(folder / name) for name in ("merges.txt", "vocab.json")}
+    body = {"key": digest, "files": files, "version": TOKENIZER_CACHE_VERSION}
+    return {**body, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
+
+
+def _verify_entry(folder: Path, digest: str) -> str | None:
+    """None when the cached conversion in ``folder`` verifies against its manifest ``<folder>.json``; "" for a miss
+    (no manifest: never written, or written by an older edgekit); else why it does not verify."""
+    manifest = folder.with_name(folder.name + ".json")
+    try:
+        data = json.loads(manifest.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError as exc:
+        return f"cannot read {manifest.name} ({type(exc).__name__}: {exc.strerror or exc})"
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return f"{manifest.name} is not valid JSON"
+    if not isinstance(data, dict) or data.get("version") != TOKENIZER_CACHE_VERSION:
+        return ""
+    if data.get("key") != digest:
+        return f"{manifest.name} holds the entry of another key"
+    try:
+        actual = _manifest(folder, digest)
+    except OSError as exc:
+        return f"cannot read its files ({type(exc).__name__}: {exc.strerror or exc})"
+    if data != actual:
+        return "its files' sha256 do not match its manifest"
+    return None
+
+
 def _from_openai_bpe(path: Path) -> tuple[Any, str]:
+    """Convert OpenAI's BPE once into ``$EDGEKIT_CACHE/tokenizers/<sha256>/`` (manifest ``<sha256>.json``): an entry
+    that does not verify is one warning and a fresh conversion; an unusable cache folder is one warning and a
+    conversion into a temporary folder. The conversion is deterministic, so concurrent runs write identical bytes."""
+    import tempfile
+    import warnings
+
+    from edgekit.quantization.calibration import CacheWarning
+
     digest = sha256_file(path)
     folder = cache_root() / digest
-    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
-        convert_openai_bpe(path, folder)
+    problem = _verify_entry(folder, digest)
+    if problem is None:
+        try:
+            return _from_folder(folder)[0], digest
+        except EdgekitError as exc:  # verified bytes transformers cannot load: rebuild once
+            problem = str(exc)
+    if problem:
+        warnings.warn(f"tokenizer cache entry {folder} does not verify ({problem}): recomputing it", CacheWarning, stacklevel=3)
     try:
-        hf, _ = _from_folder(folder)
-    except EdgekitError:  # a damaged cache entry: rebuild once
         convert_openai_bpe(path, folder)
-        hf, _ = _from_folder(folder)
-    return hf, digest
+        write_text_atomic(folder.with_name(folder.name + ".json"), json.dumps(_manifest(folder, digest), indent=2) + "\n")
+    except OSError as exc:
+        warnings.warn(f"tokenizer cache {cache_root()} is not writable ({type(exc).__name__}: {exc.strerror or exc}): running "
+                      "without a cache", CacheWarning, stacklevel=3)
+        with tempfile.TemporaryDirectory(prefix="edgekit-tokenizer-") as tmp:
+            return _from_folder(convert_openai_bpe(path, Path(tmp)))[0], digest
+    return _from_folder(folder)[0], digest
 
 
 def _from_hub(repo_id: str) -> tuple[Any, str]:
