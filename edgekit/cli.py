@@ -64,22 +64,31 @@ def eval_(
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
     max_images: Annotated[int | None, typer.Option(help="evaluate the first N images only")] = None,
     backend: Annotated[str | None, typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
+    allow_missing_images: Annotated[bool, typer.Option(help="score the annotated images found in --images instead of refusing a folder that lacks some")] = False,
 ) -> None:
     """COCO mAP50-95 / mAP50 of a YOLO model on any backend."""
     from edgekit import progress
     from edgekit.assets import assets_dir
+    from edgekit.evaluators.coco import coco_images
     from edgekit.evaluators.detection import evaluate_detector
     from edgekit.models.yolo.family import YoloFamily
     from edgekit.runners import runner_for_file
 
+    if max_images is not None and max_images < 1:
+        raise EdgekitError(f"--max-images must be at least 1 (got {max_images})", fix="omit --max-images to evaluate every image")
+    if input_size is not None and input_size < 1:
+        raise EdgekitError(f"--input-size must be positive (got {input_size})", fix="omit --input-size to read it from the model")
     coco = assets_dir() / "coco_val2017_subset"
     images = images or coco / "images"
     annotations = annotations or coco / "annotations" / "instances_val2017_subset.json"
+    coco_images(annotations, images, allow_missing_images)  # a bad dataset fails before the model is loaded
     with runner_for_file(model, backend, threads) as runner:
         if len(runner.outputs) == 2 and hasattr(runner, "output_names"):  # edgekit's LiteRT detector layout: boxes, scores
             runner.output_names = ["boxes", "scores"]
-        family = YoloFamily.from_runner_metadata(runner.inputs, runner.outputs, input_size)
-        result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track)
+        family = YoloFamily.from_runner_metadata(runner.inputs, runner.outputs, input_size, source=model)
+        result = evaluate_detector(runner, family, images, annotations, max_images=max_images, progress=progress.track, allow_missing=allow_missing_images)
+    for note in result.notes:
+        console.print(f"note: {note}")
     table = Table(title=f"COCO accuracy: {model.name} ({result.num_images} images)")
     table.add_column("metric")
     table.add_column("value")

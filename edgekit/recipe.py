@@ -97,6 +97,8 @@ class QuantizationSpec(_Strict):
 class DatasetSpec(_Strict):
     images: PathText
     annotations: PathText
+    allow_missing_images: bool = Field(False, description="score the annotated images found in `images` (the report says how many) "
+                                       "instead of refusing a folder that lacks some")
 
 
 

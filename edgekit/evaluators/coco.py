@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,8 @@ class CocoResult:
     per_class_ap: dict[str, float] = field(default_factory=dict)
     num_images: int = 0
     num_detections: int = 0
+    annotated_images: int = 0  # images listed in the annotation file (``num_images`` of them were evaluated)
+    notes: list[str] = field(default_factory=list)
 
 
 @lru_cache(maxsize=8)
@@ -38,6 +41,7 @@ def _load_coco(path: str, _mtime_ns: int, _size: int):
         raise EdgekitError(f"not a readable COCO annotation file ({type(exc).__name__})", path, _FIX) from exc
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise EdgekitError("not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)", path, _FIX)
+    _validate(data, path)
     coco = COCO()
     coco.dataset = data
     try:
@@ -46,6 +50,44 @@ def _load_coco(path: str, _mtime_ns: int, _size: int):
     except (KeyError, TypeError) as exc:
         raise EdgekitError(f"malformed COCO annotation entry ({type(exc).__name__}: {exc})", path, _FIX) from exc
     return coco
+
+
+def _validate(data: dict, path: str) -> None:
+    """Structure pycocotools assumes but never checks: a bad file fails here in one line, not as a traceback later."""
+    if not data["categories"]:
+        raise EdgekitError("no categories (the 'categories' list is empty)", path, "list the dataset's categories ({id, name}) in the file")
+    for c in data["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise EdgekitError(f"a category without an integer 'id' and a 'name' ({str(c)[:80]})", path, _FIX)
+    for im in data["images"]:
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+            raise EdgekitError(f"an image entry without an integer 'id' and a 'file_name' ({str(im)[:80]})", path, _FIX)
+    if not data["annotations"]:
+        raise EdgekitError("no ground truth (the 'annotations' list is empty): every score would be 0", path, _FIX)
+    categories, images = {c["id"] for c in data["categories"]}, {im["id"] for im in data["images"]}
+    unknown_cat, unknown_img = [], []
+    for a in data["annotations"]:
+        if not isinstance(a, dict) or not isinstance(a.get("image_id"), int) or not isinstance(a.get("category_id"), int):
+            raise EdgekitError(f"an annotation without an integer 'image_id' and 'category_id' ({str(a)[:80]})", path, _FIX)
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            what = "no 'bbox'" if box is None else f"bbox {str(box)[:60]} is not 4 finite numbers"
+            raise EdgekitError(f"annotation {a.get('id', '?')} has {what} (COCO bbox: [x, y, width, height])", path, "give every annotation a bbox")
+        if box[2] < 0 or box[3] < 0:
+            raise EdgekitError(f"annotation {a.get('id', '?')} has a negative bbox width or height ({box})", path, "COCO bbox is [x, y, width, height]")
+        if a["category_id"] not in categories:
+            unknown_cat.append(a["category_id"])
+        if a["image_id"] not in images:
+            unknown_img.append(a["image_id"])
+    if len(unknown_cat) == len(data["annotations"]):
+        raise EdgekitError(f"no ground truth: none of the {len(unknown_cat)} annotations has a category id listed in 'categories' "
+                           f"(e.g. {min(unknown_cat)})", path, "use the category ids of the file's 'categories'")
+    if unknown_cat:
+        raise EdgekitError(f"{len(unknown_cat)} annotations use category ids not in 'categories' (e.g. {min(unknown_cat)}); they would be ignored",
+                           path, "list those categories, or remove their annotations")
+    if unknown_img:
+        raise EdgekitError(f"{len(unknown_img)} annotations refer to image ids not in 'images' (e.g. {min(unknown_img)})", path,
+                           "list those images, or remove their annotations")
 
 
 def _coco(annotations: str | Path):
@@ -67,17 +109,52 @@ def coco_class_names(annotations: str | Path) -> list[str]:
     return [coco.cats[c]["name"] for c in coco_category_ids(annotations)]
 
 
-def load_coco_images(annotations: str | Path, images_dir: str | Path) -> list[tuple[int, Path]]:
-    """(image id, file) for every annotated image present in ``images_dir``, sorted by id."""
+@dataclass
+class CocoImages:
+    """The annotation file's images found in a folder: ``items`` (image id, file) sorted by id, and the file names
+    listed in the annotation file but missing from the folder."""
+
+    items: list[tuple[int, Path]]
+    missing: list[str]
+    folder: Path
+
+    @property
+    def annotated(self) -> int:
+        return len(self.items) + len(self.missing)
+
+    def note(self, evaluated: int) -> str | None:
+        """"evaluated 150 of 158 annotated images (8 missing from FOLDER)", or None when none is missing."""
+        if not self.missing:
+            return None
+        return f"evaluated {evaluated} of {self.annotated} annotated images ({len(self.missing)} missing from {self.folder})"
+
+
+def coco_images(annotations: str | Path, images_dir: str | Path, allow_missing: bool = False) -> CocoImages:
+    """The annotated images present in ``images_dir``; a missing one is an error unless ``allow_missing``."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise EdgekitError("image folder not found", images_dir, "set evaluation.dataset.images to the dataset's image folder")
     coco = _coco(annotations)
-    items = [(i, images_dir / coco.imgs[i]["file_name"]) for i in sorted(coco.getImgIds())]
-    items = [(i, p) for i, p in items if p.is_file()]
+    items, missing = [], []
+    for i in sorted(coco.getImgIds()):
+        p = images_dir / coco.imgs[i]["file_name"]
+        if p.is_file():
+            items.append((i, p))
+        else:
+            missing.append(coco.imgs[i]["file_name"])
     if not items:
-        raise EdgekitError("no annotated image of the annotation file is in this folder", images_dir, "point images and annotations at the same dataset")
-    return items
+        raise EdgekitError(f"none of the {len(missing)} images of {annotations} is in this folder", images_dir, "point images and annotations at the same dataset")
+    if missing and not allow_missing:
+        raise EdgekitError(
+            f"{len(missing)} of {len(items) + len(missing)} images of {annotations} are missing from this folder (e.g. {missing[0]})", images_dir,
+            "put them there, or set evaluation.dataset.allow_missing_images: true to score the images found",
+        )
+    return CocoImages(items, missing, images_dir)
+
+
+def load_coco_images(annotations: str | Path, images_dir: str | Path, allow_missing: bool = True) -> list[tuple[int, Path]]:
+    """(image id, file) for every annotated image present in ``images_dir``, sorted by id (see ``coco_images``)."""
+    return coco_images(annotations, images_dir, allow_missing).items
 
 
 def _per_class_ap(coco, evaluator) -> dict[str, float]:
@@ -90,6 +167,14 @@ def _per_class_ap(coco, evaluator) -> dict[str, float]:
         if p.size:
             out[coco.cats[cat_id]["name"]] = float(np.mean(p))
     return out
+
+
+def require_ground_truth(annotations: str | Path, image_ids: list[int]) -> None:
+    """Refuse scoring images without one box of a listed category: every metric would be 0 and a gate would hold."""
+    coco = _coco(annotations)
+    if image_ids and not coco.getAnnIds(imgIds=list(image_ids), catIds=coco.getCatIds()):
+        raise EdgekitError(f"no ground truth box on the {len(image_ids)} evaluated images: every score would be 0", annotations,
+                           "evaluate images that have annotations (or raise evaluation.max_images)")
 
 
 def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: list[int] | None = None) -> CocoResult:
@@ -109,6 +194,7 @@ def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: li
     if stray:
         raise EdgekitError(f"detections refer to image id(s) not in the annotation file (e.g. {min(stray)})", annotations, "use the image ids of this annotation file")
     wanted = set(ids)
+    require_ground_truth(annotations, ids)
     dets = [dict(d) for d in detections if d["image_id"] in wanted]  # loadRes adds keys to each dict
     if not dets:
         has_gt = {coco.anns[a]["category_id"] for a in coco.getAnnIds(imgIds=ids, iscrowd=False)} if ids else set()

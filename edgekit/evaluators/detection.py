@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.evaluators.coco import CocoResult, coco_category_ids, evaluate_coco, load_coco_images
+from edgekit.errors import EdgekitError
+from edgekit.evaluators.coco import CocoImages, CocoResult, coco_category_ids, coco_images, evaluate_coco
 from edgekit.runners.base import Runner
 
 
@@ -22,12 +23,20 @@ def detect_dataset(
     max_det: int = 300,
     progress: Callable[[str, int], Iterator[int]] | None = None,
     label: str = "evaluate",
+    allow_missing: bool = False,
+    dataset: CocoImages | None = None,
 ) -> tuple[list[dict], list[int]]:
-    """Run ``runner`` on every annotated image and return COCO-format detections and the image ids used."""
+    """Run ``runner`` on every annotated image (the first ``max_images``) and return COCO-format detections and the
+    image ids used. An annotated image missing from ``images_dir`` is an error unless ``allow_missing``."""
     from edgekit.models.yolo.processing import to_coco
 
-    items = load_coco_images(annotations, images_dir)[: max_images or None]
+    dataset = dataset or coco_images(annotations, images_dir, allow_missing)
+    items = dataset.items[: max_images or None]
     category_ids = coco_category_ids(annotations)
+    classes = getattr(family, "num_classes", None)
+    if classes is not None and classes != len(category_ids):
+        raise EdgekitError(f"the model predicts {classes} classes but the annotation file lists {len(category_ids)} categories "
+                           "(class i is scored as the i-th category id)", annotations, "evaluate with the annotations of the dataset the model was trained on")
     steps = progress or (lambda _l, n: iter(range(n)))
     detections: list[dict] = []
     for i in steps(label, len(items)):
@@ -40,8 +49,13 @@ def detect_dataset(
 
 def evaluate_detector(runner: Runner, family, images_dir, annotations, **kwargs) -> CocoResult:
     """COCO mAP50-95 / mAP50 (and per-class AP) of ``runner`` on the dataset."""
-    detections, image_ids = detect_dataset(runner, family, images_dir, annotations, **kwargs)
-    return evaluate_coco(detections, annotations, image_ids)
+    dataset = coco_images(annotations, images_dir, kwargs.pop("allow_missing", False))
+    detections, image_ids = detect_dataset(runner, family, images_dir, annotations, dataset=dataset, **kwargs)
+    result = evaluate_coco(detections, annotations, image_ids)
+    result.annotated_images = dataset.annotated
+    if note := dataset.note(len(image_ids)):
+        result.notes.append(note)
+    return result
 
 
 def raw_outputs(runner: Runner, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -165,9 +165,19 @@ class Clip(Family):
             if tc.images:
                 _, texts, _ = load_coco_captions(Path(tc.captions), [Path(tc.images)])
             else:
-                texts = [a["caption"].strip() for a in json.loads(Path(tc.captions).read_text(encoding="utf-8"))["annotations"]]
+                try:
+                    texts = [str(a["caption"]).strip() for a in json.loads(Path(tc.captions).read_text(encoding="utf-8"))["annotations"]]
+                except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                    from edgekit.errors import EdgekitError
+
+                    raise EdgekitError(f"not a readable COCO captions json ({type(exc).__name__}: {exc})", tc.captions,
+                                       "it needs 'annotations' with a 'caption' each") from None
             self.calib_texts = texts[: tc.count]
             job.record_samples(str(tc.captions), self.calib_texts, "captions")
+        from edgekit.imaging import check_image
+
+        for path in dict.fromkeys(self.zs_images + self.rt_images + self.calib_images):  # headers only: a bad image fails before the export
+            check_image(path)
 
     def _check_feeds(self, tower: str) -> list[dict[str, np.ndarray]]:
         if tower == "vision":

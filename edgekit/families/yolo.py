@@ -80,6 +80,31 @@ class Yolo(Family):
         if any(t.accuracy_control for t in recipe.targets) and (recipe.evaluation is None or "mAP50-95" not in recipe.budgets):
             raise ValueError("accuracy_control needs an evaluation dataset and a mAP50-95 budget (max_drop) to hold")
 
+    def preflight(self) -> None:
+        """A bad evaluation dataset or image fails here, in a second, before the export: the annotation file (parses,
+        categories, 4-number bboxes, ground truth of a listed category on the evaluated images), its image files (present
+        unless ``allow_missing_images``; headers readable and under Pillow's bomb limit), the calibration and sample images."""
+        import warnings
+
+        from edgekit.evaluators.coco import coco_images, require_ground_truth
+        from edgekit.imaging import check_image
+        from edgekit.quantization.calibration import calibration_images
+
+        r = self.recipe
+        files: list[Path] = []
+        if r.evaluation:
+            ev = r.evaluation
+            items = coco_images(ev.dataset.annotations, ev.dataset.images, ev.dataset.allow_missing_images).items[: ev.max_images or None]
+            require_ground_truth(ev.dataset.annotations, [i for i, _ in items])
+            files += [p for _, p in items]
+        q = r.quantization
+        if q is not None and any(t.quantized for t in r.targets):
+            with warnings.catch_warnings():  # load() picks them again and warns then
+                warnings.simplefilter("ignore")
+                files += calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below)
+        for path in dict.fromkeys(files + self._sample_files()):
+            check_image(path)
+
     def load(self) -> None:
         from edgekit.export.onnx_export import fuse_batchnorm
         from edgekit.models.yolo.family import YoloFamily
@@ -90,6 +115,14 @@ class Yolo(Family):
         self.detector.validate_input_size(self.job.recipe_path)
         self.module = self.detector.load_torch(r.model.weights)
         self.job.record_input(r.model.weights)
+        if r.evaluation:
+            from edgekit.evaluators.coco import coco_category_ids
+
+            categories = len(coco_category_ids(r.evaluation.dataset.annotations))
+            if self.detector.num_classes not in (None, categories):
+                raise EdgekitError(f"the model predicts {self.detector.num_classes} classes but the evaluation annotations list {categories} categories "
+                                   "(class i is scored as the i-th category id)", r.evaluation.dataset.annotations,
+                                   "evaluate with the annotations of the dataset the model was trained on")
         self.fused = fuse_batchnorm(self.module)
         q = r.quantization
         self.calib_images: list[Path] = []
@@ -98,18 +131,25 @@ class Yolo(Family):
             self.job.record_samples(str(q.calibration.images), self.calib_images)
         self._samples: list[dict[str, np.ndarray]] = []
 
+    def _sample_files(self) -> list[Path]:
+        """The first few image files (by name) of the evaluation folder, else the calibration folder; [] for none."""
+        from edgekit.quantization.calibration import IMAGE_SUFFIXES
+
+        r = self.recipe
+        folder = Path(r.evaluation.dataset.images) if r.evaluation else Path(r.quantization.calibration.images) if r.quantization else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:SAMPLE_COUNT]
+
     def samples(self) -> list[dict[str, np.ndarray]]:
         """A few real, preprocessed images (evaluation images, else calibration images), read once per run."""
         if not self._samples:
-            from edgekit.quantization.calibration import IMAGE_SUFFIXES
-
             r, d = self.recipe, self.detector
-            folder = Path(r.evaluation.dataset.images) if r.evaluation else Path(r.quantization.calibration.images) if r.quantization else None
-            if folder is None or not folder.is_dir():
+            files = self._sample_files()
+            if not files:
                 shape = (r.model.batch, 3, d.input_size, d.input_size)
                 self._samples = [{d.input_name: np.random.default_rng(0).random(shape, dtype=np.float32)}]
             else:
-                files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:SAMPLE_COUNT]
                 self._samples = [d.preprocess(p)[0] for p in files]
         return self._samples
 
@@ -156,7 +196,7 @@ class Yolo(Family):
         if max_drop is None:
             raise EdgekitError("accuracy_control needs budgets.mAP50-95.max_drop (absolute)", self.job.recipe_path, "set budgets: {mAP50-95: {max_drop: 0.005}}")
         ev = r.evaluation
-        items = load_coco_images(ev.dataset.annotations, ev.dataset.images)[: r.openvino.accuracy_control_max_images or None]
+        items = load_coco_images(ev.dataset.annotations, ev.dataset.images, ev.dataset.allow_missing_images)[: r.openvino.accuracy_control_max_images or None]
         return AccuracyCheck("mAP50-95", max_drop, items, lambda item: self.detector.preprocess(item[1])[0], coco_validation_fn(self.detector, ev.dataset.annotations))
 
     def evaluate(self, target, runners, reference: Evaluation | None) -> Evaluation:
@@ -172,9 +212,12 @@ class Yolo(Family):
             coco = evaluate_detector(
                 runner, d, ev.dataset.images, ev.dataset.annotations, max_images=ev.max_images, conf=ev.conf_threshold,
                 iou=ev.iou_threshold, max_det=ev.max_detections, progress=progress.track, label=f"evaluate {target.name}",
+                allow_missing=ev.dataset.allow_missing_images,
             )
             result.metrics = {k: round(float(v), 5) for k, v in coco.metrics.items()}
+            result.metrics["images_evaluated"] = float(coco.num_images)
             result.per_class_ap = {k: round(float(v), 5) for k, v in coco.per_class_ap.items()}
+            result.notes += coco.notes
         return result
 
     def latency_feeds(self) -> dict[str, dict[str, np.ndarray]]:

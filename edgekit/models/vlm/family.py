@@ -60,18 +60,11 @@ class VlmFamily:
 
     def inputs(self, image: str | Path | Any | None, prompt: str) -> tuple[np.ndarray, np.ndarray | None]:
         """``(input_ids (1, T) int64, pixel_values (images, 3, S, S) float32 or None)`` for one image and prompt."""
-        from PIL import Image
+        from edgekit.imaging import open_rgb, to_rgb
 
         pil = None
         if image is not None:
-            if isinstance(image, (str, Path)):
-                try:
-                    with Image.open(image) as opened:
-                        pil = opened.convert("RGB")
-                except (OSError, ValueError) as exc:
-                    raise EdgekitError(f"cannot read image ({exc})", image, "pass a JPEG or PNG file") from exc
-            else:
-                pil = image.convert("RGB")
+            pil = open_rgb(image) if isinstance(image, (str, Path)) else to_rgb(image)
         text = self.prompt_text(prompt, with_image=pil is not None)
         enc = self.processor(text=text, images=[pil] if pil is not None else None, return_tensors="np")
         ids = np.asarray(enc["input_ids"], np.int64)

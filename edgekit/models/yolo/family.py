@@ -27,6 +27,7 @@ class YoloFamily:
     names: list[str] = field(default_factory=list)
     anchor_based: bool = True
     head_index: int | None = None
+    num_classes: int | None = None  # class scores per box (None: unknown, a dynamic output)
 
     name = "yolo"
 
@@ -36,21 +37,62 @@ class YoloFamily:
             raise EdgekitError(f"input size {self.input_size} is not a multiple of the model's stride {MAX_STRIDE}", source, fix)
 
     @classmethod
-    def from_runner_metadata(cls, inputs: list, outputs: list, input_size: int | None = None) -> YoloFamily:
+    def from_runner_metadata(cls, inputs: list, outputs: list, input_size: int | None = None, source: str | Path | None = None) -> YoloFamily:
         """Settings for an already exported model: input name/size from its input, head layout from its output.
 
-        YOLOv5 outputs (batch, anchors, 5 + classes); YOLOv8 outputs (batch, 4 + classes, anchors).
+        YOLOv5 outputs (batch, anchors, 5 + classes); YOLOv8 outputs (batch, 4 + classes, anchors); edgekit's LiteRT
+        detectors a ``boxes`` + ``scores`` pair. Any other model (a classifier, another input) is refused up front,
+        naming ``source``, rather than failing inside the runtime.
         """
-        inp, out = inputs[0], outputs[0]
-        size = input_size or (inp.shape[-1] if isinstance(inp.shape[-1], int) else 640)
-        dims = out.shape
-        channels_first = len(dims) == 3 and all(isinstance(d, int) for d in dims[1:]) and dims[1] < dims[2]
-        return cls(input_size=size, input_name=inp.name, output_name=out.name, anchor_based=not channels_first)
+
+        def shape(meta) -> tuple[int | None, ...]:
+            return tuple(d if isinstance(d, int) and d > 0 else None for d in meta.shape)
+
+        def text(meta) -> str:
+            return f"{meta.name!r} ({', '.join('?' if d is None else str(d) for d in shape(meta))})"
+
+        def refuse(what: str) -> None:
+            raise EdgekitError(f"not a YOLO detector: {what}", source, "give a YOLO detector: one float image input (batch, 3, H, W), H = W, and one output "
+                               "(batch, anchors, 5 + classes) as YOLOv5 or (batch, 4 + classes, anchors) as YOLOv8")
+
+        if len(inputs) != 1:
+            refuse(f"it has {len(inputs)} inputs ({', '.join(text(m) for m in inputs)})")
+        inp = inputs[0]
+        dims = shape(inp)
+        if len(dims) != 4 or dims[1] not in (3, None) or np.dtype(inp.dtype).kind != "f":
+            refuse(f"its input {text(inp)} {np.dtype(inp.dtype)} is not a float (batch, 3, H, W) image")
+        h, w = dims[2], dims[3]
+        if h and w and h != w:
+            refuse(f"its input {text(inp)} is not square")
+        if input_size and (h or w) and input_size != (h or w):
+            raise EdgekitError(f"--input-size {input_size} differs from the model's static input side {h or w}", source, "omit --input-size")
+        size = input_size or h or w or 640
+        if not outputs:
+            refuse("it has no outputs")
+        out, classes = outputs[0], None
+        odims = shape(out)
+        if len(odims) != 3:
+            refuse(f"its output {text(out)} is not 3-D")
+        if len(outputs) == 2 and 4 in (odims[1], odims[2]):  # edgekit's LiteRT layout: boxes (.., 4) + scores
+            anchor_based = odims[2] == 4
+            sdims = shape(outputs[1])
+            if len(sdims) != 3:
+                refuse(f"its scores output {text(outputs[1])} is not 3-D")
+            score_channels = sdims[2] if anchor_based else sdims[1]
+            classes = None if score_channels is None else score_channels - (1 if anchor_based else 0)
+        else:
+            anchor_based = not (odims[1] is not None and odims[2] is not None and odims[1] < odims[2])
+            channels = odims[2] if anchor_based else odims[1]
+            classes = None if channels is None else channels - (5 if anchor_based else 4)
+        if classes is not None and classes < 1:
+            refuse(f"its output {text(out)} has too few channels for boxes, {'objectness, ' if anchor_based else ''}and class scores")
+        return cls(input_size=size, input_name=inp.name, output_name=out.name, anchor_based=anchor_based, num_classes=classes)
 
     def load_torch(self, weights: str | Path) -> YoloModel:
         """Build the network from the checkpoint's architecture table and load its weights (FP32, eval)."""
         model = model_from_checkpoint(load_checkpoint(weights))
         self.names = model.names
+        self.num_classes = len(model.names) or None
         self.anchor_based = isinstance(model.head, Detect)
         self.head_index = len(model.model) - 1
         return model

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from edgekit.errors import EdgekitError
+from edgekit.imaging import open_rgb
 
 PAD_VALUE = 114
 
@@ -23,12 +23,8 @@ class Letterbox:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, with a one-line error for unreadable files."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise EdgekitError("not a readable image", path, "remove the file or replace it with a valid JPEG/PNG") from exc
+    """Open an image as 8-bit RGB, with a one-line error for unreadable files (``edgekit.imaging.open_rgb``)."""
+    return open_rgb(path)
 
 
 def letterbox(image: Image.Image, size: int | tuple[int, int], pad: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
