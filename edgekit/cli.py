@@ -22,13 +22,14 @@ err_console = Console(stderr=True)
 def export(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/yolov5n.yaml")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for models and report")] = Path("runs/edgekit"),
-    overwrite: Annotated[bool, typer.Option(help="replace an existing, non-empty output folder")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace what an existing, non-empty output folder holds")] = False,
+    force: Annotated[bool, typer.Option("--force", help="run even when the memory estimate exceeds the memory available")] = False,
 ) -> None:
     """Run a recipe: FP32 ONNX, fused ONNX, INT8 Q/DQ ONNX, accuracy, latency, report.json and report.md."""
     from edgekit.job import run_recipe
     from edgekit.recipe import load_recipe
 
-    report = run_recipe(load_recipe(recipe), recipe, out, overwrite)
+    report = run_recipe(load_recipe(recipe), recipe, out, overwrite, force)
     _print_variants(report)
     console.print(f"report: {out / 'report.json'}  {out / 'report.md'}")
 
@@ -212,10 +213,13 @@ def generate(
     prompt: Annotated[str, typer.Option(help="the question or instruction")],
     image: Annotated[Path | None, typer.Option(help="JPEG/PNG image (omit for a text-only prompt)")] = None,
     target: Annotated[str | None, typer.Option(help="which exported target runs, e.g. onnxruntime:int4 (default: the recipe's first)")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="stop after this many tokens (or at end of turn)")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="stop after this many tokens (or at end of turn); prompt tokens + this must fit the model's context")] = 64,
     threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
 ) -> None:
-    """Greedy generation with the exported ONNX graphs (vision, embedding, KV-cache decoder), streamed to stdout."""
+    """Greedy generation with the exported ONNX graphs (vision, embedding, KV-cache decoder), streamed to stdout.
+
+    A prompt whose tokens (image tokens included) plus --max-new-tokens exceed the model's context is refused before
+    anything runs."""
     from edgekit.models.vlm.runtime import generate_in_run
 
     printed = ""

@@ -9,6 +9,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from edgekit.assets import expand
 
 PathText = Annotated[str, AfterValidator(expand)]  # a path; ${EDGEKIT_ASSETS} and other variables expanded
+CREATED = "edgekit:created"  # marks a path the run writes (``Annotated[PathText, CREATED]``): preflight does not require it to exist
+CreatedPathText = Annotated[PathText, CREATED]
 
 
 class Strict(BaseModel):

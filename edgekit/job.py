@@ -329,12 +329,15 @@ class Job:
         return self.report(variants, ref_target)
 
 
-def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False) -> Report:
-    """Run the whole job for ``recipe`` into ``out`` (locked, staged beside it, placed only when everything
-    succeeded: ``edgekit.outdir``); returns the report."""
+def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False, force: bool = False) -> Report:
+    """Run the whole job for ``recipe`` into ``out`` (checked first by ``edgekit.preflight``; locked, staged beside
+    it, placed only when everything succeeded: ``edgekit.outdir``); returns the report. ``force`` runs a recipe
+    whose memory estimate exceeds the memory available."""
     from edgekit.outdir import run_folder
+    from edgekit.preflight import preflight
     from edgekit.reports import write_report
 
+    preflight(recipe, recipe_path, force)
     with run_folder(out, overwrite) as folder:
         try:
             report = Job(recipe, Path(recipe_path), folder.stage).execute()

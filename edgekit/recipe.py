@@ -144,7 +144,9 @@ class _Recipe(_Strict):
     @field_validator("targets", mode="before")
     @classmethod
     def _parse_targets(cls, value):
-        return [Target.fields_of(item) if isinstance(item, str) else item for item in value or []]  # errors name targets.N
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic names the wrong type (targets: a list of "backend:precision")
+        return [Target.fields_of(item) if isinstance(item, str) else item for item in value]  # errors name targets.N
 
     @model_validator(mode="after")
     def _batch_needs_dynamic_axis(self) -> _Recipe:
@@ -212,19 +214,69 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; a megabyte is generous
+MAX_RECIPE_NODES = 100_000  # values after YAML aliases are expanded (a "billion laughs" document is refused, not walked)
+MAX_RECIPE_DEPTH = 64
+
+
+def _check_shape(data, path: Path) -> None:
+    """Refuse a document pydantic could not walk in bounded time: cyclic aliases, exponential alias expansion, deep nesting."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node, depth: int) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise EdgekitError("the recipe refers to itself (a YAML alias inside its own anchor)", path, "write the value out instead of the alias")
+        if depth > MAX_RECIPE_DEPTH:
+            raise EdgekitError(f"the recipe is nested more than {MAX_RECIPE_DEPTH} levels deep", path, "see recipes/yolov5n.yaml for the recipe layout")
+        active.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_RECIPE_NODES:
+                raise EdgekitError(f"the recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases)", path, "write the recipe without nested aliases")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(data, 0)
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe; every problem becomes an ``EdgekitError`` naming the key and the file."""
+    """Read and validate a recipe; every problem becomes an ``EdgekitError`` naming the key and the file.
+
+    Any bytes give a ``Recipe`` or an ``EdgekitError`` (fuzzed in tests/faults/test_fuzz.py): not UTF-8, not YAML,
+    too large, too deep, self-referencing or alias-bombed documents are refused with one line."""
     path = Path(path)
     if not path.is_file():
         raise EdgekitError("recipe not found", path, "pass the path of a recipe YAML, e.g. recipes/yolov5n.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EdgekitError(f"cannot read the recipe ({exc.strerror or exc})", path, "check the file's permissions") from exc
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise EdgekitError(f"the recipe is {len(raw):,} bytes (at most {MAX_RECIPE_BYTES:,})", path, "pass a recipe YAML, not a data file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"the recipe is not UTF-8 text (byte {exc.start})", path, "save the recipe as UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise EdgekitError(f"invalid YAML{where}", path, "fix the YAML syntax") from exc
+    except (RecursionError, MemoryError) as exc:
+        raise EdgekitError("the recipe is nested too deeply to read", path, "see recipes/yolov5n.yaml for the recipe layout") from exc
     if not isinstance(data, dict):
         raise EdgekitError("a recipe must be a YAML mapping", path, "see recipes/yolov5n.yaml")
+    _check_shape(data, path)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -236,7 +288,8 @@ def load_recipe(path: str | Path) -> Recipe:
             raise EdgekitError(f"unknown recipe key '{key}'{hint}", path, "remove it or correct its spelling (see README: recipe reference)") from exc
         if err["type"] == "missing":
             raise EdgekitError(f"missing recipe key '{key}'", path, "add it (see README: recipe reference)") from exc
-        raise EdgekitError(f"bad value for '{key}': {err['msg']}", path, "correct the value (see README: recipe reference)") from exc
+        what = f"bad value for '{key}'" if key else "invalid recipe"
+        raise EdgekitError(f"{what}: {err['msg']}"[:500], path, "correct the value (see README: recipe reference)") from exc
 
 
 def _did_you_mean(loc: tuple) -> str:

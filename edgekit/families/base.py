@@ -81,6 +81,12 @@ class Family:
     def check_recipe(cls, recipe: Recipe) -> None:
         """Raise ``ValueError`` for a recipe this family cannot run (called while the recipe is validated)."""
 
+    @classmethod
+    def estimate_memory_bytes(cls, recipe: Recipe) -> int | None:
+        """Estimated peak resident memory of an ``edgekit export`` of ``recipe`` (``edgekit.preflight`` refuses a run
+        that does not fit in the memory available); None: no estimate, no check."""
+        return None
+
     @property
     def section(self) -> BaseModel | None:
         return getattr(self.recipe, self.name, None) if self.config else None

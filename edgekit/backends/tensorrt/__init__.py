@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgekit.backends.base import Backend, Built, Graph, Run
-from edgekit.config import PathText, Strict
+from edgekit.config import CreatedPathText, Strict
 from edgekit.targets import Target
 
 
@@ -18,7 +18,7 @@ class TensorRTSpec(Strict):
 
     workspace_mb: int = Field(1024, ge=1)
     max_batch: int = Field(1, ge=1, description="optimization profile max batch (needs export.dynamic_batch when > 1)")
-    timing_cache: PathText | None = Field(None, description="persisted timing cache file, reused across builds")
+    timing_cache: CreatedPathText | None = Field(None, description="persisted timing cache file, reused across builds")
     dla_core: int | None = Field(None, ge=0, description="Jetson DLA core; layers DLA cannot run fall back to the GPU")
     builder_optimization_level: int | None = Field(None, ge=0, le=5)
     build: Literal["auto", "never"] = Field("auto", description="auto: build when TensorRT or trtexec exists; never: write the ONNX, config and trtexec command only")

@@ -58,19 +58,27 @@ def read_config(path: str | Path) -> tuple[Any, str]:
         raise EdgekitError("model config not found", path, "check model.config in the recipe (paths may use ${EDGEKIT_ASSETS})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EdgekitError(f"model config is not valid JSON ({exc})", path, "pass an open_clip model config or a Hugging Face CLIP config.json") from exc
     if not isinstance(raw, dict):
         raise EdgekitError("model config is not a JSON object", path, "pass an open_clip model config or a Hugging Face CLIP config.json")
+    from edgekit.models.vlm.architectures import check_model_size
+
     if "vision_cfg" in raw or "model_cfg" in raw:
-        return config_from_open_clip(raw, str(path)), "open_clip"
-    model_type = raw.get("model_type")
-    if model_type != "clip" or "vision_config" not in raw or "text_config" not in raw:
-        raise EdgekitError(f"not a CLIP config (model_type={model_type!r})", path, "pass an open_clip model config (embed_dim, vision_cfg, text_cfg) or a Hugging Face CLIPModel config.json")
-    try:
-        return CLIPConfig.from_dict(raw), "hf"
-    except (TypeError, ValueError, KeyError) as exc:
-        raise EdgekitError(f"invalid Hugging Face CLIP config ({exc})"[:300], path, "re-download config.json") from exc
+        try:
+            config, kind = config_from_open_clip(raw, str(path)), "open_clip"
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, OverflowError) as exc:
+            raise EdgekitError(f"invalid open_clip model config ({type(exc).__name__}: {exc})"[:300], path, "pass an open_clip model config (embed_dim, vision_cfg, text_cfg)") from exc
+    else:
+        model_type = raw.get("model_type")
+        if model_type != "clip" or not isinstance(raw.get("vision_config"), dict) or not isinstance(raw.get("text_config"), dict):
+            raise EdgekitError(f"not a CLIP config (model_type={model_type!r})", path, "pass an open_clip model config (embed_dim, vision_cfg, text_cfg) or a Hugging Face CLIPModel config.json")
+        try:
+            config, kind = CLIPConfig.from_dict(raw), "hf"
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise EdgekitError(f"invalid Hugging Face CLIP config ({exc})"[:300], path, "re-download config.json") from exc
+    check_model_size(config, path)  # before any weight is allocated: hidden_size 10^9 is refused here
+    return config, kind
 
 
 def _architecture(config) -> dict[str, Any]:

@@ -120,3 +120,47 @@ def language_parts(model) -> tuple[nn.Module, nn.Module, nn.Module]:
     inner = model.model
     lm = inner.language_model if hasattr(inner, "language_model") else inner.text_model
     return lm, lm.embed_tokens, model.lm_head
+
+
+MAX_PARAMETERS = 20_000_000_000  # refuse configs beyond 20 B parameters before allocating them
+_SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "num_key_value_heads",
+              "image_size", "patch_size", "max_position_embeddings")
+
+
+def _size(sub, key: str, where: Any, default: int = 0) -> int:
+    value = getattr(sub, key, None) if not isinstance(sub, dict) else sub.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 10**12:
+        raise EdgekitError(f"config key '{key}' is {value!r}, not a size", where, "use the model's own config.json")
+    return value
+
+
+def transformer_parameters(sub, where: Any = None) -> int:
+    """Parameters of one transformer tower from its config (embeddings, attention, MLP; norms and biases ignored)."""
+    h, inter = _size(sub, "hidden_size", where), _size(sub, "intermediate_size", where)
+    layers, vocab = _size(sub, "num_hidden_layers", where), _size(sub, "vocab_size", where)
+    heads, kv = _size(sub, "num_attention_heads", where, 1) or 1, _size(sub, "num_key_value_heads", where)
+    kv_width = h * kv // heads if kv else h
+    patch, image = _size(sub, "patch_size", where), _size(sub, "image_size", where)
+    patches = (image // patch) ** 2 if patch else 0
+    embeddings = vocab * h * 2 + _size(sub, "max_position_embeddings", where) * h + patches * h + 3 * patch * patch * h
+    return embeddings + layers * (2 * h * h + 2 * h * kv_width + 3 * h * inter)
+
+
+def check_model_size(config, where: Any = None, towers: tuple[str, ...] = ("text_config", "vision_config")) -> int:
+    """Refuse (one line naming ``where``) a config whose estimated parameters exceed ``MAX_PARAMETERS`` or whose FP32
+    weights would not fit in the memory available, before anything is allocated; returns the estimate."""
+    from edgekit.preflight import GIB, available_memory_bytes
+
+    count = sum(transformer_parameters(getattr(config, t, None) if not isinstance(config, dict) else config.get(t) or {}, where) for t in towers)
+    sizes = {t: {k: _size(getattr(config, t, None) if not isinstance(config, dict) else config.get(t) or {}, k, where) for k in ("hidden_size", "num_hidden_layers")} for t in towers}
+    detail = "; ".join(f"{t}.hidden_size {s['hidden_size']:,}, {t}.num_hidden_layers {s['num_hidden_layers']:,}" for t, s in sizes.items())
+    if count > MAX_PARAMETERS:
+        raise EdgekitError(f"the config describes about {count / 1e9:,.1f} B parameters (at most {MAX_PARAMETERS / 1e9:.0f} B): {detail}", where,
+                           "use the model's own config.json (check hidden_size and num_hidden_layers)")
+    available = available_memory_bytes()
+    if available is not None and 4 * count > available:
+        raise EdgekitError(f"the config's {count / 1e9:,.2f} B parameters need {4 * count / GIB:.1f} GiB as FP32 but {available / GIB:.1f} GiB is available: {detail}",
+                           where, "use a smaller model, or free memory")
+    return count

@@ -19,7 +19,13 @@ import torch
 
 from edgekit.artifacts import sha256_file
 from edgekit.errors import EdgekitError
-from edgekit.models.vlm.architectures import Architecture, architecture_of, image_token_id, language_parts
+from edgekit.models.vlm.architectures import (
+    Architecture,
+    architecture_of,
+    check_model_size,
+    image_token_id,
+    language_parts,
+)
 
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -119,8 +125,19 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
     from transformers import AutoConfig
 
     folder = _folder(weights, config)
-    config_dict = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    arch = architecture_of(config_dict, folder / "config.json")
+    config_path = folder / "config.json"
+    try:
+        config_dict = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EdgekitError(f"config.json is not valid JSON ({exc})"[:300], config_path, "re-download the model's config.json") from exc
+    if not isinstance(config_dict, dict):
+        raise EdgekitError("config.json is not a JSON object", config_path, "re-download the model's config.json")
+    arch = architecture_of(config_dict, config_path)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+        raise EdgekitError(f"invalid Hugging Face config ({type(exc).__name__}: {exc})"[:300], config_path, "re-download the model's config.json") from exc
+    check_model_size(hf_config, config_path)  # before any weight is allocated: hidden_size 10^9 is refused here
     model_class, _ = arch.load_classes()
     files = weight_files(folder) if weights not in (None, "") else []
     if weights not in (None, "") and not files:
@@ -132,7 +149,7 @@ def load_vlm(weights: str | Path | None, config: str | Path | None = None, token
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = model_class._from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True), attn_implementation="eager", dtype=torch.float32)
+            model = model_class._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
         provenance = {"source": "random", "seed": seed, "files": {}}
     model.eval()
     if any((folder / n).is_file() for n in TOKENIZER_FILES):  # a complete model folder (a real download): its own processor

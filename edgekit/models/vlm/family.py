@@ -38,6 +38,7 @@ class VlmFamily:
         self.processor, self.arch, self.layout = processor, arch, layout
         self.image_token_id, self.eos_token_ids, self.image_size = image_token, eos_token_ids, size
         self.provenance: dict[str, Any] = {}
+        self.context: int | None = None  # the decoder's context in tokens (``edgekit generate`` refuses longer prompts)
 
     @classmethod
     def load(cls, weights, config=None, tokenizer=None, seed: int = 0) -> tuple[VlmFamily, Any]:
@@ -47,6 +48,7 @@ class VlmFamily:
         model, processor, arch, provenance = load_vlm(weights, config, tokenizer, seed)
         family = cls(processor, arch, CacheLayout.of(model.config.text_config), image_token_id(model.config), _eos_ids(model, processor.tokenizer), image_size(model.config))
         family.provenance = provenance
+        family.context = getattr(model.config.text_config, "max_position_embeddings", None)
         return family, model
 
     # --- prompts and inputs -----------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class VlmFamily:
         write_json_atomic(folder / META_FILE, {
             "architecture": self.arch.name, "image_token_id": self.image_token_id, "eos_token_ids": self.eos_token_ids,
             "image_size": self.image_size, "cache": asdict(self.layout), "prompt_format": self.arch.prompt_format,
+            **({"context": int(self.context)} if self.context else {}),
         })
 
     @classmethod

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError
-from edgekit.models.yolo.checkpoint import Checkpoint
+from edgekit.models.yolo.checkpoint import Checkpoint, check_architecture
 from edgekit.models.yolo.modules import C2PSA, C3, SPPF, Bottleneck, C2f, C3k2, Concat, Conv, Detect, DetectV8
 
 _BLOCKS = {"Conv": Conv, "C3": C3, "C2f": C2f, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "Bottleneck": Bottleneck}
@@ -91,18 +91,46 @@ def _parse_layers(arch: dict[str, Any], channels: int = 3) -> tuple[list[nn.Modu
     return layers, froms, save
 
 
-def build_model(arch: dict[str, Any], names: list[str] | None = None) -> YoloModel:
-    """Build an FP32 eval-mode YOLO model (random weights) and set its strides from a dry run."""
+MAX_PARAMETERS = 500_000_000  # YOLOv8x has 68 M, YOLOv5x6 141 M
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError, RuntimeError)
+
+
+def _parse_checked(arch: dict[str, Any], source: Any) -> tuple[list[nn.Module], list, set[int]]:
+    """The layers, after the table's bounds and its parameter count (built on the meta device: nothing allocated)."""
+    check_architecture(arch, source)
     try:
-        layers, froms, save = _parse_layers(arch)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise EdgekitError(f"malformed YOLO architecture table ({type(exc).__name__}: {exc})", fix="check the checkpoint's yaml") from exc
+        with torch.device("meta"):
+            meta_layers, _, _ = _parse_layers(arch)
+        count = sum(p.numel() for layer in meta_layers for p in layer.parameters())
+        if count > MAX_PARAMETERS:
+            raise EdgekitError(f"the architecture table describes {count:,} parameters (at most {MAX_PARAMETERS:,}): check depth_multiple, "
+                               "width_multiple and the layers' channels", source, "use the checkpoint's own yaml table")
+        del meta_layers
+        return _parse_layers(arch)
+    except _MALFORMED as exc:
+        raise EdgekitError(f"malformed YOLO architecture table ({type(exc).__name__}: {exc})"[:300], source, "check the checkpoint's yaml") from exc
+
+
+def build_model(arch: dict[str, Any], names: list[str] | None = None, source: Any = None) -> YoloModel:
+    """Build an FP32 eval-mode YOLO model (random weights) and set its strides from a dry run.
+
+    The table is bound-checked (``check_architecture``) and its parameters counted on the meta device first, so a
+    hostile table fails with one line naming ``source`` and the key instead of allocating terabytes."""
+    layers, froms, save = _parse_checked(arch, source)
     nc = int(arch["nc"])
     model = YoloModel(layers, froms, save, list(names) if names else [str(i) for i in range(nc)])
     head = model.head
+    if not isinstance(head, (Detect, DetectV8)):
+        raise EdgekitError(f"the architecture's last layer is {type(head).__name__}, not a Detect head", source, "use a YOLOv5, YOLOv8 or YOLO11 architecture")
     head.stride = torch.tensor([8.0, 16.0, 32.0][: head.nl])
-    with torch.no_grad():
-        probe = _feature_strides(model, 256)
+    try:
+        with torch.no_grad():
+            probe = _feature_strides(model, 256)
+    except _MALFORMED as exc:
+        raise EdgekitError(f"the architecture table does not run: its layers do not fit together ({type(exc).__name__}: {exc})"[:300], source,
+                           "check the checkpoint's yaml") from exc
+    if len(probe) != head.nl:
+        raise EdgekitError(f"the Detect head takes {len(probe)} feature maps but has {head.nl} levels", source, "check the checkpoint's yaml")
     head.stride = probe
     if isinstance(head, Detect):
         head.anchors /= head.stride.view(-1, 1, 1)
@@ -124,7 +152,7 @@ def _feature_strides(model: YoloModel, size: int) -> torch.Tensor:
 
 def model_from_checkpoint(ckpt: Checkpoint) -> YoloModel:
     """Build the architecture stored in ``ckpt`` and load its weights (as FP32) by key."""
-    model = build_model(ckpt.architecture, ckpt.names)
+    model = build_model(ckpt.architecture, ckpt.names, ckpt.source)
     expected = model.state_dict()
     state = {k: v for k, v in ckpt.state_dict.items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

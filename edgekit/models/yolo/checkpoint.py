@@ -146,13 +146,88 @@ def _read_safetensors(path: Path) -> Checkpoint:
     return Checkpoint(state_dict, arch, list(names), path)
 
 
+# Bounds of an architecture table, checked before any module is built: the largest official models (YOLOv5x6,
+# YOLOv8x, YOLO11x) stay far inside them, and a hostile table (``width_multiple: 4096`` asks for terabytes) is refused
+# with one line naming the checkpoint and the key.
+ARCH_BOUNDS = {
+    "nc": (1, 10_000),  # classes (LVIS has 1,203)
+    "depth_multiple": (1e-3, 8.0),  # official: 0.33 .. 1.33
+    "width_multiple": (1e-3, 8.0),  # official: 0.25 .. 1.25
+    "max_channels": (1, 16_384),  # official: 512 .. 1,024 (absent in v5 tables: no cap)
+}
+MAX_LAYERS, MAX_REPEATS, MAX_CHANNELS, MAX_ANCHOR_LEVELS = 512, 64, 16_384, 8
+
+
+def _bounded(value: Any, key: str, lo: float, hi: float, source: Any, integer: bool = False) -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)) or not math.isfinite(value):
+        raise EdgekitError(f"architecture key '{key}' is {value!r}, not a {'whole ' if integer else ''}number", source, "use the checkpoint's own yaml table")
+    if not lo <= value <= hi:
+        raise EdgekitError(f"architecture key '{key}' is {value!r}, outside {lo:g}..{hi:g}", source, "use the checkpoint's own yaml table (an official YOLO's sizes are far inside these bounds)")
+    return value
+
+
+def check_architecture(arch: Any, source: Any = None) -> None:
+    """Refuse an architecture table whose sizes are absurd or malformed (``EdgekitError`` naming ``source`` and the key),
+    before anything is allocated. ``build_model`` also counts the parameters on the meta device before building."""
+    if not isinstance(arch, dict):
+        raise EdgekitError("the architecture table (yaml) is not a mapping", source, "use an Ultralytics YOLO checkpoint")
+    for key, (lo, hi) in ARCH_BOUNDS.items():
+        if key in arch or key == "nc":
+            _bounded(arch.get(key), key, lo, hi, source, integer=key in ("nc", "max_channels"))
+    scales = arch.get("scales")
+    if scales is not None:
+        if not isinstance(scales, dict) or not scales:
+            raise EdgekitError("architecture key 'scales' is not a mapping of scale -> [depth, width, max_channels]", source, "use the checkpoint's own yaml table")
+        for name, row in scales.items():
+            if not isinstance(row, (list, tuple)) or len(row) < 3:
+                raise EdgekitError(f"architecture key 'scales.{name}' is {row!r}, not [depth, width, max_channels]", source, "use the checkpoint's own yaml table")
+            for (key, (lo, hi)), value in zip(list(ARCH_BOUNDS.items())[1:], row):
+                _bounded(value, f"scales.{name}.{key}", lo, hi, source, integer=key == "max_channels")
+    layers = []
+    for part in ("backbone", "head"):
+        rows = arch.get(part)
+        if not isinstance(rows, list):
+            raise EdgekitError(f"architecture key '{part}' is not a list of layers", source, "use the checkpoint's own yaml table")
+        layers += [(f"{part}.{i}", row) for i, row in enumerate(rows)]
+    if not layers:
+        raise EdgekitError("the architecture table has no layers", source, "use the checkpoint's own yaml table")
+    if len(layers) > MAX_LAYERS:
+        raise EdgekitError(f"the architecture has {len(layers)} layers (at most {MAX_LAYERS})", source, "use the checkpoint's own yaml table")
+    for index, (key, row) in enumerate(layers):
+        if not isinstance(row, (list, tuple)) or len(row) != 4 or not isinstance(row[2], str) or not isinstance(row[3], list):
+            raise EdgekitError(f"architecture layer '{key}' is {str(row)[:80]}, not [from, repeats, module, args]", source, "use the checkpoint's own yaml table")
+        src, repeats, _, args = row
+        for j in [src] if not isinstance(src, list) else src:
+            if isinstance(j, bool) or not isinstance(j, int) or not (j == -1 or (j < 0 and index + j >= 0) or 0 <= j < index):
+                raise EdgekitError(f"architecture layer '{key}' takes input from {src!r}, not an earlier layer", source, "use the checkpoint's own yaml table")
+        if index == 0 and src != -1:
+            raise EdgekitError(f"architecture layer '{key}' must take the image (from -1), not {src!r}", source, "use the checkpoint's own yaml table")
+        _bounded(repeats, f"{key}.repeats", 1, MAX_REPEATS, source, integer=True)
+        if args and isinstance(args[0], (int, float)) and not isinstance(args[0], bool) and row[2] not in ("nn.Upsample", "Upsample", "Concat"):
+            _bounded(args[0], f"{key}.channels", 1, MAX_CHANNELS, source, integer=True)
+        if any(isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a) > MAX_CHANNELS for a in args[1:]):
+            raise EdgekitError(f"architecture layer '{key}' has an argument beyond {MAX_CHANNELS:,}: {str(args)[:80]}", source, "use the checkpoint's own yaml table")
+    anchors = arch.get("anchors")
+    if anchors is not None and not isinstance(anchors, int):
+        if (not isinstance(anchors, list) or not 1 <= len(anchors) <= MAX_ANCHOR_LEVELS
+                or not all(isinstance(level, list) and level and len(level) % 2 == 0 and len(level) <= 64 for level in anchors)
+                or len({len(level) for level in anchors}) != 1
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < 1e5 for level in anchors for a in level)):
+            raise EdgekitError("architecture key 'anchors' is not a list of levels of positive (w, h) pairs", source, "use the checkpoint's own yaml table")
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load YOLO weights and architecture from ``.safetensors`` or an Ultralytics ``.pt`` (never executing pickle code)."""
     path = Path(path)
     if not path.is_file():
         raise EdgekitError("weights file not found", path, "check `model.weights` in the recipe (paths may use ${EDGEKIT_ASSETS})")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    if path.suffix in (".pt", ".pth"):
-        return _read_pt(path)
-    raise EdgekitError(f"unsupported weights format '{path.suffix}'", path, "use a .safetensors or Ultralytics .pt file")
+        ckpt = _read_safetensors(path)
+    elif path.suffix in (".pt", ".pth"):
+        ckpt = _read_pt(path)
+    else:
+        raise EdgekitError(f"unsupported weights format '{path.suffix}'", path, "use a .safetensors or Ultralytics .pt file")
+    check_architecture(ckpt.architecture, path)
+    return ckpt
