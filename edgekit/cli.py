@@ -242,10 +242,17 @@ def check(
     report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")],
     require_all: Annotated[bool, typer.Option("--require-all", help="also fail when a target could not be built here (e.g. TensorRT without a GPU)")] = False,
 ) -> None:
-    """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one does not."""
-    from edgekit.reports import check_report, load_report
+    """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one does not.
 
-    ok, lines = check_report(load_report(report), require_all)
+    The report is verified first (exit 2 naming what differs): its digest, its budgets, reference and statuses
+    against the recipe and the reference rule, and, when the run folder is beside it, every file's sha256.
+    """
+    from edgekit.reports import check_report, load_report, report_file, verify_report
+
+    loaded = load_report(report)
+    for note in verify_report(loaded, report):
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    ok, lines = check_report(loaded, require_all, report_file(report))
     for line in lines:
         bad = "FAIL" in line or (require_all and "SKIPPED" in line)
         (err_console if bad else console).print(line, markup=False, highlight=False, soft_wrap=True)

@@ -29,7 +29,7 @@ from edgekit.families.base import Evaluation, Family, GraphExport
 from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import Recipe
 from edgekit.reports.schema import Component, LatencyMs, Report, Variant
-from edgekit.targets import Target
+from edgekit.targets import Target, reference_target
 
 LATENCY_KEYS = ("median", "p90", "p99", "min", "mean")
 
@@ -44,13 +44,6 @@ def versions() -> dict[str, str]:
     from edgekit.profiling.device import device_fingerprint
 
     return {"edgekit": edgekit.__version__, **device_fingerprint()["versions"]}
-
-
-def reference_target(targets: list[Target], built: dict[Target, dict[str, Built]]) -> Target:
-    """The one rule for the reference every budget and fidelity is measured against: the first built fp32 target,
-    ONNX Runtime's before any other backend's, in recipe order; without a built fp32 target, the first built one."""
-    ok = [t for t in targets if all(b.built for b in built[t].values())] or targets
-    return min(ok, key=lambda t: (t.precision != "fp32", t.backend != "onnxruntime", ok.index(t)))
 
 
 class Job:

@@ -5,6 +5,7 @@ The job, the backends and the report compare ``Target`` values, never their name
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
@@ -56,3 +57,10 @@ class Target(Strict):
 
     def __str__(self) -> str:
         return self.name
+
+
+def reference_target(targets: list[Target], built: Mapping[Target, Mapping[str, Any]]) -> Target:
+    """The one rule for the reference every budget and fidelity is measured against: the first built fp32 target,
+    ONNX Runtime's before any other backend's, in recipe order; without a built fp32 target, the first built one."""
+    ok = [t for t in targets if all(b.built for b in built[t].values())] or targets
+    return min(ok, key=lambda t: (t.precision != "fp32", t.backend != "onnxruntime", ok.index(t)))

@@ -243,10 +243,15 @@ def test_clip_check_gates_fidelity(clip_run, tmp_path) -> None:
     assert "image_embedding_cosine" in result.output
     data = json.loads((clip_run / "report.json").read_text())
     data["variants"][1]["metrics"]["image_embedding_cosine"] = 0.95
+    from edgekit.errors import EdgekitError
+    from edgekit.reports import Report, check_report
+
+    ok, lines = check_report(Report.model_validate(data))  # the gate on those numbers
+    assert not ok and any(line.startswith("onnxruntime:int8: image_embedding_cosine") and line.endswith("FAIL") for line in lines)
     bad = tmp_path / "report.json"
     bad.write_text(json.dumps(data))
-    result = CliRunner().invoke(app, ["check", str(bad)])
-    assert result.exit_code == 1 and "FAIL" in result.output
+    result = CliRunner().invoke(app, ["check", str(bad)])  # an edited report.json is refused (exit 2 through main)
+    assert isinstance(result.exception, EdgekitError) and "digest mismatch" in str(result.exception)
 
 
 def test_clip_recipe_errors(tmp_path) -> None:

@@ -152,8 +152,22 @@ def test_check_report_missing_reference_is_a_user_error():
 
 def test_check_report_missing_metric_in_variant_fails():
     report = _report(budgets={"mAP75": {"max_relative_drop": 0.02}})
+    report.variants[0].metrics["mAP75"] = 0.33  # only the variant lacks it (a reference without it is an error, below)
     ok, lines = check_report(report)
     assert not ok and "mAP75 missing" in lines[0]
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan"), None])
+def test_check_report_reference_scoring_nothing_is_a_user_error(value):
+    report = _report(budgets={"mAP50-95": {"max_relative_drop": 0.5}, "logit_kl": {"max_value": 0.1}})
+    for v in report.variants:
+        v.metrics["logit_kl"] = 0.0  # a ceiling's reference value is 0 by definition: exempt
+        v.metrics.pop("mAP50-95")
+        if value is not None:
+            v.metrics["mAP50-95"] = value
+    with pytest.raises(EdgekitError, match="reference onnxruntime:fp32 (scores|has no) .*budgeted metric mAP50-95") as info:
+        check_report(report, source="runs/x/report.json")
+    assert "runs/x/report.json" in str(info.value)
 
 
 # --- writer and loader -----------------------------------------------------------------------------------------
@@ -167,7 +181,9 @@ def test_write_and_load_round_trip(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md"]
     loaded = load_report(json_path)
     assert loaded == report
-    assert json.loads(json_path.read_text())["schema_version"] == "1.1"
+    data = json.loads(json_path.read_text())
+    assert data["schema_version"] == "1.2" and data["integrity"]["files"] == {}  # no model files beside this hand-made report
+    assert loaded.integrity is not None and loaded.integrity.digest == data["integrity"]["digest"]
     assert check_report(loaded) == check_report(report)
     # a folder holding report.json is accepted too
     assert load_report(tmp_path / "out") == report

@@ -53,10 +53,13 @@ def test_check_gates_agreement_and_divergence(smolvlm_run, tmp_path) -> None:
     assert ok.returncode == (0 if all(verdicts) else 1)
     assert "logit_kl is" in ok.stdout + ok.stderr and "token_agreement dropped" in ok.stdout + ok.stderr
     strict = dict(report, budgets={"token_agreement": {"max_drop": 0.0}, "logit_kl": {"max_value": 1e-9}})
+    from edgekit.reports import Report, check_report
+
+    passed, lines = check_report(Report.model_validate(strict))  # the gate on stricter budgets
+    assert not passed and any(line.startswith("onnxruntime:int4: logit_kl is") and line.endswith("FAIL") for line in lines)
     (tmp_path / "strict.json").write_text(json.dumps(strict))
-    bad = edgekit("check", tmp_path / "strict.json")
-    assert bad.returncode == 1
-    assert "onnxruntime:int4: logit_kl is" in bad.stderr and "FAIL" in bad.stderr
+    bad = edgekit("check", tmp_path / "strict.json")  # budgets edited into report.json: refused, not gated
+    assert bad.returncode == 2 and "digest mismatch" in bad.stderr and "differ from the recipe's" in bad.stderr
 
 
 def test_generate_on_exported_graphs_matches_the_report(smolvlm_run) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -94,22 +95,42 @@ def evaluate_budgets(
     return out
 
 
-def check_report(report: Report, require_all: bool = False) -> tuple[bool, list[str]]:
-    """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
-
-    Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name. A target that could not be
-    built here (TensorRT without a GPU) is listed as SKIPPED and does not fail the check; ``require_all`` makes it
-    fail.
-    """
-    if not report.budgets:
-        return True, ["no budgets defined in the report's recipe: nothing to check"]
+def check_reference(report: Report, source: str | Path | None = None) -> None:
+    """A reference that scores 0, NaN or nothing on a budgeted drop metric measured nothing (no ground truth, an
+    empty evaluation set): every drop against it is meaningless, so it is an error, not a pass. Ceilings (a
+    divergence, whose reference value is 0 by definition) are exempt."""
     reference = report.variant(report.reference)
     if reference is None:
         names = ", ".join(v.name for v in report.variants) or "none"
         raise EdgekitError(
-            f"reference variant '{report.reference}' is not in the report (variants: {names})",
+            f"reference variant '{report.reference}' is not in the report (variants: {names})", source,
             fix="re-run `edgekit export` with an fp32 target so budgets have a reference",
         )
+    for metric, spec in report.budgets.items():
+        if _as_budget(metric, spec).max_value is not None:
+            continue
+        value = reference.metrics.get(metric)
+        if value is None or math.isnan(value) or value == 0:
+            what = "has no" if value is None else f"scores {value} on"
+            raise EdgekitError(
+                f"reference {reference.name} {what} budgeted metric {metric}: nothing was measured, so no drop can be judged", source,
+                fix="check the evaluation data (images, ground-truth annotations) and re-run `edgekit export`",
+            )
+
+
+def check_report(report: Report, require_all: bool = False, source: str | Path | None = None) -> tuple[bool, list[str]]:
+    """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
+
+    Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name. A target that could not be
+    built here (TensorRT without a GPU) is listed as SKIPPED and does not fail the check; ``require_all`` makes it
+    fail. A reference missing from the report, or scoring 0 / NaN / nothing on a budgeted metric, is an
+    ``EdgekitError`` naming ``source`` (see :func:`check_reference`). The report's integrity is checked apart, by
+    :func:`edgekit.reports.verify.verify_report`.
+    """
+    if not report.budgets:
+        return True, ["no budgets defined in the report's recipe: nothing to check"]
+    check_reference(report, source)
+    reference = report.variant(report.reference)
     others = [v for v in report.variants if v is not reference and v.status == "measured"]
     skipped = [f"{v.name}: SKIPPED, not built ({v.not_built_reason})" for v in report.variants if v.status != "measured"]
     if not others:

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"  # 1.2: the integrity record (digest over the report, sha256 of every file it names)
+INTEGRITY_SINCE = (1, 2)  # reports of this version and later must carry an integrity record
 
 
 class LatencyMs(BaseModel):
@@ -75,6 +76,18 @@ class Variant(BaseModel):
     components: dict[str, Component] = Field(default_factory=dict, description="per-graph results (CLIP: vision, text)")
 
 
+class Integrity(BaseModel):
+    """Written by ``write_report``: a sha256 over the report's canonical JSON (everything but ``digest`` itself),
+    and the sha256 of every file the report names, relative to the run folder. ``edgekit check`` recomputes both.
+
+    The digest detects edits made after the run; it is not a signature: whoever can edit the report can recompute
+    it, so it guards against edits, not against forgery."""
+
+    algorithm: Literal["sha256"] = "sha256"
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every file the report names")
+    digest: str = Field(description="sha256 of the canonical JSON of the report with integrity.digest left out")
+
+
 class Report(BaseModel):
     """Everything one run produced; ``reference`` names the FP32 variant budgets are measured against."""
 
@@ -87,6 +100,7 @@ class Report(BaseModel):
     device: dict[str, Any] = Field(default_factory=dict)
     variants: list[Variant]
     timings_s: dict[str, float] = Field(default_factory=dict)
+    integrity: Integrity | None = Field(None, description="digest and file hashes (schema 1.2 on); absent in older reports")
 
     def variant(self, name: str) -> Variant | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -95,11 +109,15 @@ class Report(BaseModel):
 _FIX_REGENERATE = "pass the report.json written by `edgekit export`, or re-run `edgekit export` to regenerate it"
 
 
+def report_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/report.json`` when ``path`` is a run folder holding one."""
+    path = Path(path)
+    return path / "report.json" if path.is_dir() and (path / "report.json").is_file() else path
+
+
 def load_report(path: str | Path) -> Report:
     """Read and validate ``report.json``; any problem becomes an ``EdgekitError`` naming the file and the fix."""
-    path = Path(path)
-    if path.is_dir() and (path / "report.json").is_file():
-        path = path / "report.json"
+    path = report_file(path)
     if not path.is_file():
         raise EdgekitError("report not found", path, _FIX_REGENERATE)
     try:

@@ -8,9 +8,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from edgekit.artifacts import atomic_path
+from edgekit.artifacts import atomic_path, sha256_file
 from edgekit.reports.budget import evaluate_budgets
-from edgekit.reports.schema import Report
+from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
+from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
 
 TOP_CLASS_DROPS = 10
 _ISA_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx512_bf16", "amx_int8", "amx_tile", "avx2", "asimd", "asimddp", "i8mm", "sve")
@@ -21,10 +22,32 @@ def report_json(report: Report) -> str:
     return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
 
 
+def file_hashes(report: Report, out_dir: Path) -> dict[str, str]:
+    """sha256 of every file the report names that is in ``out_dir`` (a model's hash is reused from its manifest)."""
+    known = {rel: pairs[0][1] for rel, pairs in manifest_hashes(report).items()}
+    out = {}
+    for rel in sorted(named_files(report)):
+        if (out_dir / rel).is_file():
+            out[rel] = known.get(rel) or sha256_file(out_dir / rel)
+    return out
+
+
+def sealed_json(report: Report, out_dir: Path) -> tuple[str, Integrity]:
+    """The JSON text of ``report`` with its integrity record: the hashes of the files it names in ``out_dir`` and
+    a digest over the rest (computed on the JSON as it will be read back)."""
+    data = report.model_dump(mode="json", exclude={"integrity"})
+    data["schema_version"] = SCHEMA_VERSION
+    data["integrity"] = {"algorithm": "sha256", "files": file_hashes(report, out_dir)}
+    data = json.loads(json.dumps(data, ensure_ascii=False))  # exactly what a reader gets back
+    data["integrity"]["digest"] = canonical_digest(data)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n", Integrity.model_validate(data["integrity"])
+
+
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``out_dir/report.json`` and ``out_dir/report.md``; on any failure neither file is touched."""
+    """Write ``out_dir/report.json`` (sealed with its integrity record, see ``edgekit.reports.verify``) and
+    ``out_dir/report.md``; on any failure neither file is touched. On success ``report`` carries the record."""
     out_dir = Path(out_dir)
-    json_text = report_json(report)
+    json_text, integrity = sealed_json(report, out_dir)
     md_text = render_markdown(report)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     with ExitStack() as stack:
@@ -32,6 +55,7 @@ def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
         tmp_md = stack.enter_context(atomic_path(md_path))
         tmp_json.write_text(json_text, encoding="utf-8")
         tmp_md.write_text(md_text, encoding="utf-8")
+    report.schema_version, report.integrity = SCHEMA_VERSION, integrity
     return json_path, md_path
 
 
