@@ -7,7 +7,8 @@ What a run promises about ``--out`` (README: Guarantees):
   holder dies, so a killed run never leaves it held.
 - **Nothing half-built.** Everything is written into a staging folder beside the real ``--out`` (same file system,
   so the final move is a rename) that records its PID; a failed, interrupted or killed run never touches ``--out``.
-  Staging folders of dead runs (recorded PID gone) are removed by the next run on the same ``--out``.
+  Staging folders of dead runs (recorded PID gone) are removed by the next run on the same ``--out``; the swap
+  folder of a run killed during the final move is kept and named in a warning (it may hold a user's files).
 - **Nothing lost.** The final move swaps the staging folder in and then moves back every entry the run did not
   create and was not asked to replace: files a user put into ``--out`` while the run was going stay (renamed
   ``NAME.orig`` only if the run wrote a file of the same name). ``--overwrite`` replaces what was there when the run
@@ -94,7 +95,9 @@ def _lock(real: Path) -> Iterator[None]:
 
 
 def _remove_stale(real: Path) -> list[Path]:
-    """Staging and swap folders of dead runs on this ``--out`` (their recorded PID is gone)."""
+    """Staging folders of dead runs on this ``--out`` (their recorded PID is gone). A dead run's swap folder
+    (``.old``: killed while placing its results, so it may still hold a user's files) is never removed: one warning
+    names it."""
     removed = []
     for folder in real.parent.glob(f".edgekit-{_tag(real)}-*"):
         if not folder.is_dir() or folder.suffix not in (".staging", ".old"):
@@ -103,9 +106,14 @@ def _remove_stale(real: Path) -> list[Path]:
             pid = int(json.loads((folder / MARKER).read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not recorded by edgekit: not ours to remove
-        if pid != os.getpid() and not pid_alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        if folder.suffix == ".old":
+            warnings.warn(f"{folder}: a run killed while placing its results left the previous contents of {real} here; "
+                          "move back what you need, then delete it", KeptFilesWarning, stacklevel=2)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed
 
 

@@ -187,3 +187,26 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tmpfs, size):
     assert_one_line_error(result, "No space left on device", str(fs / "out"), "free space")
     assert only(fs) == []
     assert shutil.disk_usage(fs).used == 0
+
+
+def test_a_dead_runs_swap_folder_is_kept_and_named(tmp_path):
+    """A run killed between its two final renames leaves the previous ``--out`` in its swap folder: the next run
+    removes the dead run's staging folder but keeps the swap folder (it may hold a user's files) and names it."""
+    from edgekit.outdir import MARKER, _tag
+
+    recipe = tiny_recipe(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    real = tmp_path / "out"
+    folders = {}
+    for suffix in (".staging", ".old"):
+        folders[suffix] = tmp_path / f".edgekit-{_tag(real)}-{dead.pid}{suffix}"
+        folders[suffix].mkdir()
+        (folders[suffix] / MARKER).write_text(json.dumps({"pid": dead.pid, "out": str(real)}))
+    (folders[".old"] / "out").mkdir()
+    (folders[".old"] / "out" / "mine.txt").write_text("user data")
+    result = edgekit("export", recipe, "--out", real)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not folders[".staging"].exists()
+    assert (folders[".old"] / "out" / "mine.txt").read_text() == "user data"
+    assert f"{folders['.old']}: a run killed while placing its results" in result.stderr
