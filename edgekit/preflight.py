@@ -78,7 +78,7 @@ def check_paths(recipe, recipe_path: str | Path) -> None:
             continue
         if key in ("model.weights", "model.config", "model.tokenizer") and recipe.model.family in ("clip", "vlm") and _HUB_ID.match(value):
             continue
-        raise EdgekitError(f"'{key}' names {value}, which does not exist", recipe_path,
+        raise EdgekitError(f"'{key}': {value} not found", recipe_path,
                            f"correct `{key}` in the recipe (paths may use ${{EDGEKIT_ASSETS}}, now {os.environ.get('EDGEKIT_ASSETS', 'unset')})")
 
 

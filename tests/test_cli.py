@@ -114,7 +114,7 @@ def test_bad_weights(tmp_path):
     bad = recipe_file(tmp_path, "corrupt.yaml", model__weights=str(corrupt))
     _assert_clean_failure(edgekit("export", bad, "--out", tmp_path / "o2"), "corrupt.safetensors", "corrupt or truncated")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o", ".edgekit-"))]
 
 
 def test_corrupt_onnx(tmp_path):
