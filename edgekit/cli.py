@@ -241,18 +241,24 @@ def generate(
 def check(
     report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")],
     require_all: Annotated[bool, typer.Option("--require-all", help="also fail when a target could not be built here (e.g. TensorRT without a GPU)")] = False,
+    confidence: Annotated[float | None, typer.Option("--confidence", help="also gate on the upper bound of the drop's paired bootstrap interval at this confidence (0.8, 0.9, 0.95 or 0.99)")] = None,
 ) -> None:
     """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one does not.
 
     The report is verified first (exit 2 naming what differs): its digest, its budgets, reference and statuses
     against the recipe and the reference rule, and, when the run folder is beside it, every file's sha256.
+    Each verdict shows its paired bootstrap interval over the evaluation images; with --confidence a budget holds
+    only when the interval's upper bound (at that confidence) is within it too, and a metric without an interval fails.
     """
     from edgekit.reports import check_report, load_report, report_file, verify_report
+    from edgekit.reports.budget import check_confidence
 
+    if confidence is not None:
+        check_confidence(confidence, source=report)
     loaded = load_report(report)
     for note in verify_report(loaded, report):
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    ok, lines = check_report(loaded, require_all, report_file(report))
+    ok, lines = check_report(loaded, require_all, report_file(report), confidence)
     for line in lines:
         bad = "FAIL" in line or (require_all and "SKIPPED" in line)
         (err_console if bad else console).print(line, markup=False, highlight=False, soft_wrap=True)

@@ -182,6 +182,7 @@ class Job:
         variants = {t: self.variant(t, builds[t]) for t in self.recipe.targets}
         runners: dict[Target, dict[str, Any]] = {}
         reference: Evaluation | None = None
+        self.eval_samples: dict[str, dict[str, Any]] = {}  # target name -> per-sample data for the budget intervals
         try:
             for target in order:
                 if variants[target].status != "measured":
@@ -197,6 +198,7 @@ class Job:
                 v.peak_memory_mb = round(memory.peak_mb, 1)
                 v.metrics, v.fidelity, v.per_class_ap = result.metrics, result.fidelity, result.per_class_ap
                 v.notes += result.notes
+                self.eval_samples[target.name] = result.samples
                 reference = result if reference is None else reference
             self._latency(runners, variants)
             for target, speed in self.family.speed(runners).items():
@@ -292,9 +294,12 @@ class Job:
         r = self.recipe
         budgets = {k: v.model_dump(exclude_none=True) for k, v in r.budgets.items()}
         ref = next(v for v in variants if v.name == reference.name)
-        for v in variants:
-            if v is not ref and budgets and v.status == "measured":
-                v.budget = evaluate_budgets(ref.metrics, v.metrics, budgets)
+        samples = getattr(self, "eval_samples", {})
+        gated = [v for v in variants if v is not ref and budgets and v.status == "measured"]
+        if gated:
+            with self.timer("bootstrap intervals"):
+                for v in gated:
+                    v.budget = evaluate_budgets(ref.metrics, v.metrics, budgets, samples.get(ref.name), samples.get(v.name, {}))
         return Report(
             edgekit_version=edgekit.__version__,
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),

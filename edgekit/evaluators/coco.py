@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,8 @@ class CocoResult:
     num_detections: int = 0
     annotated_images: int = 0  # images listed in the annotation file (``num_images`` of them were evaluated)
     notes: list[str] = field(default_factory=list)
+    # per-image match records (edgekit.evaluators.bootstrap.CocoRecords) for bootstrap intervals; None without detections
+    records: Any = field(default=None, repr=False, compare=False)
 
 
 @lru_cache(maxsize=8)
@@ -177,13 +180,16 @@ def require_ground_truth(annotations: str | Path, image_ids: list[int]) -> None:
                            "evaluate images that have annotations (or raise evaluation.max_images)")
 
 
-def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: list[int] | None = None) -> CocoResult:
+def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: list[int] | None = None, keep_records: bool = True) -> CocoResult:
     """mAP50-95, mAP50, mAP75, size buckets and per-class AP50-95 of COCO-format ``detections``.
 
     ``detections``: ``{image_id, category_id, bbox: [x, y, w, h] in original pixels, score}``; only those on
-    ``image_ids`` (default: every annotated image) are scored. The caller's dicts are not modified.
+    ``image_ids`` (default: every annotated image) are scored. The caller's dicts are not modified. With
+    ``keep_records`` the result carries the per-image match records (``CocoResult.records``) that re-accumulate
+    mAP50-95 / mAP50 / mAP75 on bootstrap resamples of the images (``edgekit.evaluators.bootstrap``).
     """
     COCOeval = require("pycocotools.cocoeval", "coco", "COCO evaluation").COCOeval
+    from edgekit.evaluators.bootstrap import CocoRecords
 
     coco = _coco(annotations)
     known = set(coco.getImgIds())
@@ -204,7 +210,8 @@ def evaluate_coco(detections: list[dict], annotations: str | Path, image_ids: li
         evaluator = COCOeval(coco, coco.loadRes(dets), "bbox")
         evaluator.params.imgIds = ids
         evaluator.evaluate()
+        records = CocoRecords(evaluator) if keep_records else None
         evaluator.accumulate()
         evaluator.summarize()
     metrics = {name: max(float(s), 0.0) for name, s in zip(METRIC_NAMES, evaluator.stats[:6])}
-    return CocoResult(metrics, _per_class_ap(coco, evaluator), len(ids), len(dets))
+    return CocoResult(metrics, _per_class_ap(coco, evaluator), len(ids), len(dets), records=records)

@@ -48,13 +48,18 @@ class GraphExport:
 @dataclass
 class Evaluation:
     """What evaluating one built target gives: gated metrics, fidelity to the reference, and the raw outputs a later
-    target is compared against."""
+    target is compared against.
+
+    ``samples``: metric -> per-sample data (:class:`edgekit.evaluators.bootstrap.Samples`) for the paired bootstrap
+    interval of a budget; kept in memory by the job, never written to the report. A metric without an entry gets
+    "no interval"."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     fidelity: dict[str, float] | None = None
     per_class_ap: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: Any = None
+    samples: dict[str, Any] = field(default_factory=dict)
 
 
 class Family:

@@ -281,9 +281,13 @@ class Clip(Family):
             out["rt_image"] = self.encode_images(runners["vision"], self.rt_images, f"retrieval images {name}")
             out["caption"] = self.encode_texts(runners["text"], self.rt_captions)
             metrics.update(retrieval_recall(out["rt_image"], out["caption"], self.rt_index))
+        from edgekit.evaluators.bootstrap import clip_samples
+
         fid = fidelity(reference.outputs if reference else out, out)
         gated = {k: v for k, v in fid.items() if not k.endswith("_min")}  # means and agreement; minima stay in fidelity
-        return Evaluation(metrics={k: round(float(v), 5) for k, v in {**metrics, **gated}.items()}, fidelity=fid, outputs=out)
+        samples = clip_samples(reference.outputs if reference else out, out, self.zs_labels if self.zs_images else None,
+                               self.rt_index if self.rt_images else None)  # per-sample values: bootstrap intervals of the budgets
+        return Evaluation(metrics={k: round(float(v), 5) for k, v in {**metrics, **gated}.items()}, fidelity=fid, outputs=out, samples=samples)
 
     def latency_feeds(self) -> dict[str, dict[str, np.ndarray]]:
         """One image, and one caption padded to the full context (the fixed shape a device runs)."""

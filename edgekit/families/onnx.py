@@ -286,7 +286,10 @@ class OnnxModel(Family):
         fid = fidelity(reference.outputs if reference else outputs, outputs)
         metrics = {k: round(float(fid[k]), 6) for k in self.metrics if k in fid}
         notes = [] if self.images else [f"no onnx.images: fidelity measured on {len(samples)} random images"]
-        return Evaluation(metrics=metrics, fidelity=fid if reference else None, notes=notes, outputs=outputs)
+        from edgekit.evaluators.bootstrap import output_fidelity_samples
+
+        samples = output_fidelity_samples(reference.outputs if reference else outputs, outputs)  # bootstrap intervals of the budgets
+        return Evaluation(metrics=metrics, fidelity=fid if reference else None, notes=notes, outputs=outputs, samples=samples)
 
     def latency_feeds(self) -> dict[str, Feed]:
         return {"model": self.first_samples()[0]}

@@ -291,7 +291,10 @@ class Vlm(Family):
 
         ref = reference.outputs if reference else None
         results = self._generate_cases(runners, self.cases, f"generate {target.name}", ref)
+        from edgekit.evaluators.bootstrap import generation_samples
+
         fid = generation_fidelity([r["free"] for r in ref or results], [r["forced"] for r in results], [r["free"] for r in results])
+        per_prompt = generation_samples([r["free"] for r in ref or results], [r["forced"] for r in results], [r["free"] for r in results])
         metrics: dict[str, float] = {}
         if self.caption_cases:
             from edgekit.evaluators.captioning import caption_scores
@@ -301,7 +304,7 @@ class Vlm(Family):
             metrics.update(caption_scores(candidates, {k: self.captions[k] for k in candidates}))
         gated = {k: round(float(val), 6) for k, val in {**metrics, **fid}.items() if not k.endswith("_min") and not k.endswith("_max")}
         samples = [f"{c.image.name} / {c.prompt!r}: {self.vlm.decode(r['free'].tokens)!r}" for c, r in zip(self.cases[:4], results[:4])]
-        return Evaluation(metrics=gated, fidelity=fid, notes=samples, outputs=results)
+        return Evaluation(metrics=gated, fidelity=fid, notes=samples, outputs=results, samples=per_prompt)
 
     def speed(self, runners: dict) -> dict:
         """Time to first token and decode tokens/s per target, round-robin over targets (``speed_rounds`` rounds of

@@ -218,6 +218,8 @@ class Yolo(Family):
             result.metrics["images_evaluated"] = float(coco.num_images)
             result.per_class_ap = {k: round(float(v), 5) for k, v in coco.per_class_ap.items()}
             result.notes += coco.notes
+            if coco.records is not None:  # per-image match records: bootstrap intervals of the mAP budgets
+                result.samples = {name: coco.records.metric(name) for name in ("mAP50-95", "mAP50", "mAP75")}
         return result
 
     def latency_feeds(self) -> dict[str, dict[str, np.ndarray]]:

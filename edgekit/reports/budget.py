@@ -80,19 +80,173 @@ def evaluate_budgets(
     reference_metrics: Mapping[str, float],
     metrics: Mapping[str, float],
     budgets: Mapping[str, Budget | Mapping[str, Any]],
+    reference_samples: Mapping[str, Any] | None = None,
+    samples: Mapping[str, Any] | None = None,
+    resamples: int | None = None,
+    seed: int | None = None,
+    confidence: float | None = None,
 ) -> list[BudgetVerdict]:
     """One verdict per budgeted metric, in budget order. A metric missing on either side fails.
 
     drop = reference - value; absolute passes iff drop <= max_drop, relative iff drop / reference <= max_relative_drop
     (a reference of 0 passes only when nothing dropped); a ceiling passes iff value <= max_value (NaN fails).
     Boundaries pass, with a 1e-12 tolerance for float noise.
+
+    With ``samples`` (metric -> :class:`edgekit.evaluators.bootstrap.Samples` of the variant) and
+    ``reference_samples`` (the reference's), each verdict also carries the paired bootstrap interval of what it gates
+    (see :func:`attach_interval`); the pass/fail verdict is still the point value's.
     """
     reference_metrics, metrics = reference_metrics or {}, metrics or {}
     out = []
     for metric, spec in (budgets or {}).items():
         budget = _as_budget(metric, spec)
-        out.append(_verdict(metric, reference_metrics.get(metric), metrics.get(metric), budget, metrics, reference_metrics))
+        verdict = _verdict(metric, reference_metrics.get(metric), metrics.get(metric), budget, metrics, reference_metrics)
+        if samples is not None:
+            attach_interval(verdict, (reference_samples or {}).get(metric), samples.get(metric), resamples, seed, confidence)
+        out.append(verdict)
     return out
+
+
+# --- bootstrap intervals --------------------------------------------------------------------------------------
+
+INTERVAL_FIELDS = ("interval", "confidence", "quantiles", "resamples", "seed", "sample_count", "sample_unit", "resolvable", "samples_needed", "interval_note")
+
+
+def attach_interval(verdict: BudgetVerdict, reference, variant, resamples: int | None = None, seed: int | None = None,
+                    confidence: float | None = None) -> BudgetVerdict:
+    """Fill ``verdict``'s interval fields from the paired bootstrap of the reference's and the variant's per-sample
+    data (a ceiling needs only the variant's), or its ``interval_note`` saying why there is none.
+
+    ``resolvable``: the interval is at most twice the budget wide (half-width <= budget), so a variant that truly
+    lost nothing would clear the budget at that confidence; ``samples_needed``: ``n * (width / (2 * limit))**2``
+    rounded up, the width shrinking as ``1/sqrt(n)``. A relative budget is compared with the interval of the
+    relative drop, a ceiling with the interval of the variant's value (a divergence, 0 at best).
+    """
+    from edgekit.evaluators.bootstrap import (
+        DEFAULT_CONFIDENCE,
+        DEFAULT_RESAMPLES,
+        DEFAULT_SEED,
+        paired_interval,
+        samples_needed,
+    )
+
+    if variant is None or (verdict.kind != "ceiling" and reference is None):
+        verdict.interval_note = "no interval: the family gives no per-sample values for this metric"
+        return verdict
+    if verdict.value is None or (verdict.kind != "ceiling" and verdict.reference_value is None):
+        verdict.interval_note = "no interval: the metric is missing"
+        return verdict
+    try:
+        iv = paired_interval(reference, variant, verdict.kind, resamples or DEFAULT_RESAMPLES, DEFAULT_SEED if seed is None else seed,
+                             confidence or DEFAULT_CONFIDENCE)
+    except ValueError as exc:
+        verdict.interval_note = f"no interval: {exc}"
+        return verdict
+    if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        verdict.interval_note = "no interval: the metric is undefined on some resamples"
+        return verdict
+    verdict.interval, verdict.confidence, verdict.quantiles = [iv.low, iv.high], iv.confidence, iv.quantiles
+    verdict.resamples, verdict.seed, verdict.sample_count, verdict.sample_unit = iv.resamples, iv.seed, iv.n, iv.unit
+    verdict.resolvable = iv.width <= 2 * verdict.limit + EPS
+    verdict.samples_needed = samples_needed(iv.n, iv.width, verdict.limit)
+    return verdict
+
+
+def copy_interval(fresh: BudgetVerdict, stored: BudgetVerdict | None) -> BudgetVerdict:
+    """``fresh`` (recomputed from the metrics) with the interval fields of the verdict stored at write time."""
+    if stored is not None:
+        for name in INTERVAL_FIELDS:
+            setattr(fresh, name, getattr(stored, name))
+    return fresh
+
+
+def _quantity(v: BudgetVerdict) -> str:
+    return {"absolute": "drop", "relative": "relative drop", "ceiling": "value"}[v.kind]
+
+
+def _fmt(v: BudgetVerdict, x: float) -> str:
+    return f"{x:.2%}" if v.kind == "relative" else f"{x:.4f}"
+
+
+def interval_text(v: BudgetVerdict) -> str:
+    """"95% interval of the drop 0.0016 to 0.0171 (1000 paired resamples of 158 images)", or the reason for none."""
+    if v.interval is None:
+        return v.interval_note or "no interval"
+    low, high = v.interval
+    paired = "" if v.kind == "ceiling" else "paired "
+    return (f"{v.confidence:.0%} interval of the {_quantity(v)} {_fmt(v, low)} to {_fmt(v, high)} "
+            f"({v.resamples} {paired}resamples of {v.sample_count} {v.sample_unit})")
+
+
+def _budget_words(v: BudgetVerdict) -> str:
+    if v.kind == "relative":
+        return f"a {v.limit:.2%} relative budget"
+    if v.kind == "ceiling":
+        return f"a {v.limit:g} ceiling"
+    return f"a {v.limit:g} budget"
+
+
+def resolution_line(v: BudgetVerdict) -> str | None:
+    """When the interval is wider than twice the budget: "mAP50-95: the evaluation set (158 images) cannot resolve a
+    0.005 budget (95% interval width 0.012); about 913 images would"."""
+    if v.resolvable is not False or v.interval is None:
+        return None
+    width = v.interval[1] - v.interval[0]
+    need = f"about {v.samples_needed} {v.sample_unit} would" if v.samples_needed else "no finite set would"
+    shown = f"{width:.2%}" if v.kind == "relative" else f"{width:.3g}"
+    return (f"{v.metric}: the evaluation set ({v.sample_count} {v.sample_unit}) cannot resolve {_budget_words(v)} "
+            f"({v.confidence:.0%} interval width {shown}); {need}")
+
+
+def confidence_key(confidence: float) -> str:
+    """The ``quantiles`` key of the upper bound of a two-sided interval at ``confidence`` (0.95 -> "0.975")."""
+    return f"{round((1 + confidence) / 2, 4):g}"
+
+
+def check_confidence(confidence: float, report: Report | None = None, source: str | Path | None = None) -> None:
+    """Refuse a confidence whose bound the reports do not store, and a report written before intervals (schema < 1.3)."""
+    from edgekit.evaluators.bootstrap import CONFIDENCES
+
+    if not any(abs(confidence - c) < 1e-9 for c in CONFIDENCES):
+        raise EdgekitError(f"--confidence {confidence:g}: reports store interval bounds at {', '.join(f'{c:g}' for c in CONFIDENCES)} only",
+                           source, fix=f"use one of {', '.join(f'{c:g}' for c in CONFIDENCES)}")
+    if report is not None:
+        from edgekit.reports.schema import INTERVALS_SINCE
+
+        try:
+            version = tuple(int(p) for p in report.schema_version.split("."))
+        except ValueError:
+            version = (0,)
+        if version < INTERVALS_SINCE:
+            raise EdgekitError(f"the report (schema {report.schema_version}) carries no bootstrap intervals, so it cannot be gated at a confidence",
+                               source, fix="re-run `edgekit export` (schema 1.3 on), or check without --confidence")
+
+
+def gate_at_confidence(v: BudgetVerdict, confidence: float) -> tuple[bool, str]:
+    """Pass iff the point verdict passes and the interval's upper bound at ``confidence`` is within the budget;
+    the text says which bound was compared ("upper bound of the drop 0.0102 > 0.0050 at 95% confidence")."""
+    bound = (v.quantiles or {}).get(confidence_key(confidence)) if v.interval is not None else None
+    if bound is None:
+        return False, f"no interval to hold at {confidence:.0%} confidence"
+    sign = "<=" if bound <= v.limit + EPS else ">"
+    shown = f"{v.limit:.2%}" if v.kind == "relative" else f"{v.limit:.4f}"
+    return v.passed and sign == "<=", f"upper bound of the {_quantity(v)} {_fmt(v, bound)} {sign} {shown} at {confidence:.0%} confidence"
+
+
+def verdict_lines(v: BudgetVerdict, confidence: float | None = None) -> tuple[bool, list[str]]:
+    """``(passed, lines)``: the point verdict's message as ever (ending in its PASS / FAIL), then its interval
+    ("mAP50-95: 95% interval of the drop ...", and with ``confidence`` the bound gated on and the verdict at that
+    confidence), then the line saying the set cannot resolve the budget, when it cannot."""
+    passed, lines = v.passed, [v.message]
+    if v.interval is not None or v.interval_note or confidence is not None:
+        line = f"{v.metric}: {interval_text(v)}"
+        if confidence is not None:
+            passed, text = gate_at_confidence(v, confidence)
+            line += f"; {text}: {'PASS' if passed else 'FAIL'}"
+        lines.append(line)
+    if note := resolution_line(v):
+        lines.append(note)
+    return passed, lines
 
 
 def check_reference(report: Report, source: str | Path | None = None) -> None:
@@ -118,8 +272,14 @@ def check_reference(report: Report, source: str | Path | None = None) -> None:
             )
 
 
-def check_report(report: Report, require_all: bool = False, source: str | Path | None = None) -> tuple[bool, list[str]]:
+def check_report(report: Report, require_all: bool = False, source: str | Path | None = None, confidence: float | None = None) -> tuple[bool, list[str]]:
     """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
+
+    Each line also shows the bootstrap interval stored with the verdict (schema 1.3; the report's digest covers it),
+    and a budget the evaluation set cannot resolve gets a line of its own (:func:`resolution_line`). With
+    ``confidence`` (one of :data:`edgekit.evaluators.bootstrap.CONFIDENCES`), a verdict passes only when the point
+    value does and the interval's upper bound at that confidence is within the budget as well; a metric without an
+    interval then fails.
 
     Returns ``(ok, lines)`` with one line per verdict, prefixed by the variant name. A target that could not be
     built here (TensorRT without a GPU) is listed as SKIPPED and does not fail the check; ``require_all`` makes it
@@ -129,6 +289,8 @@ def check_report(report: Report, require_all: bool = False, source: str | Path |
     """
     if not report.budgets:
         return True, ["no budgets defined in the report's recipe: nothing to check"]
+    if confidence is not None:
+        check_confidence(confidence, report, source)
     check_reference(report, source)
     reference = report.variant(report.reference)
     others = [v for v in report.variants if v is not reference and v.status == "measured"]
@@ -137,7 +299,10 @@ def check_report(report: Report, require_all: bool = False, source: str | Path |
         return not (require_all and skipped), [f"only the reference variant {reference.name} is in the report: nothing to check", *skipped]
     ok, lines = not (require_all and skipped), list(skipped)
     for variant in others:
+        stored = {b.metric: b for b in variant.budget}
         for verdict in evaluate_budgets(reference.metrics, variant.metrics, report.budgets):
-            ok = ok and verdict.passed
-            lines.append(f"{variant.name}: {verdict.message}")
+            copy_interval(verdict, stored.get(verdict.metric))
+            passed, more = verdict_lines(verdict, confidence)
+            ok = ok and passed
+            lines += [f"{variant.name}: {line}" for line in more]
     return ok, lines

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.2"  # 1.2: the integrity record (digest over the report, sha256 of every file it names)
+SCHEMA_VERSION = "1.3"  # 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts
+INTERVALS_SINCE = (1, 3)  # reports of this version and later carry bootstrap intervals where the family gives per-sample data
 INTEGRITY_SINCE = (1, 2)  # reports of this version and later must carry an integrity record
 
 
@@ -37,6 +38,18 @@ class BudgetVerdict(BaseModel):
     kind: Literal["absolute", "relative", "ceiling"]
     passed: bool
     message: str
+    # schema 1.3: paired bootstrap interval over the evaluation samples of the gated quantity (the drop, the relative
+    # drop, or a ceiling's value); absent where the family gives no per-sample data for the metric (interval_note says why)
+    interval: list[float] | None = Field(None, description="[low, high] of the gated quantity at `confidence`")
+    confidence: float | None = None
+    quantiles: dict[str, float] | None = Field(None, description="bootstrap quantiles of the gated quantity (level -> value): bounds at 0.8/0.9/0.95/0.99")
+    resamples: int | None = None
+    seed: int | None = None
+    sample_count: int | None = Field(None, description="evaluation samples the interval resamples")
+    sample_unit: str | None = None
+    resolvable: bool | None = Field(None, description="interval width <= 2 x the budget: the set can tell a zero drop from one at the budget")
+    samples_needed: int | None = Field(None, description="samples for an interval width of 2 x the budget (width ~ 1/sqrt(n))")
+    interval_note: str | None = None
 
 
 class Component(BaseModel):

@@ -165,10 +165,36 @@ def _verdict_problems(report: Report, require_stored: bool) -> list[str]:
                 problems.append(f"{v.name}'s stored {b.metric} verdict ({s.reference_value} -> {s.value}, limit {s.limit}, "
                                 f"{'PASS' if s.passed else 'FAIL'}) disagrees with the metrics ({b.reference_value} -> {b.value}, limit {b.limit}, "
                                 f"{'PASS' if b.passed else 'FAIL'})")
+        problems += [p for b in v.budget for p in _interval_problems(v.name, b)]
         extra = sorted(set(stored) - {b.metric for b in fresh})
         if extra:
             problems.append(f"{v.name} has stored verdicts for unbudgeted metrics ({', '.join(extra)})")
     return problems
+
+
+def _interval_problems(name: str, b) -> list[str]:
+    """A stored bootstrap interval (schema 1.3) must agree with its own quantiles, width rule and sample estimate.
+    Only the point verdicts are recomputed from the metrics: the interval comes from per-sample data the report
+    does not hold, so it is checked for coherence here and guarded by the digest."""
+    from edgekit.evaluators.bootstrap import samples_needed
+    from edgekit.reports.budget import EPS, confidence_key
+
+    if b.interval is None:
+        return []
+    where = f"{name}'s stored {b.metric} interval"
+    if len(b.interval) != 2 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in b.interval) or b.interval[0] > b.interval[1]:
+        return [f"{where} {b.interval} is not [low, high]"]
+    if b.confidence is None or not 0 < b.confidence < 1 or not b.resamples or not b.sample_count:
+        return [f"{where} lacks its confidence, resamples or sample count"]
+    low, high = b.interval
+    q = b.quantiles or {}
+    lo_key = f"{round((1 - b.confidence) / 2, 4):g}"
+    if not (_same(q.get(lo_key), low) and _same(q.get(confidence_key(b.confidence)), high)):
+        return [f"{where} [{low}, {high}] disagrees with its quantiles ({q.get(lo_key)}, {q.get(confidence_key(b.confidence))})"]
+    width = high - low
+    if b.resolvable is not (width <= 2 * b.limit + EPS) or b.samples_needed != samples_needed(b.sample_count, width, b.limit):
+        return [f"{where} (width {width:.6g}) disagrees with its resolvable / samples_needed fields"]
+    return []
 
 
 def consistency_problems(report: Report, require_stored_verdicts: bool = False) -> list[str]:

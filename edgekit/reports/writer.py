@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifacts import atomic_path, sha256_file
-from edgekit.reports.budget import evaluate_budgets
+from edgekit.reports.budget import copy_interval, evaluate_budgets, resolution_line
 from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
 from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
 
@@ -190,6 +190,48 @@ def generation_lines(report: Report) -> list[str]:
             "Peak memory is measured per target in a fresh process.", ""]
 
 
+def _verdicts(report: Report, v) -> list:
+    """The verdicts recomputed from the metrics, with the intervals stored at write time."""
+    ref = report.variant(report.reference)
+    stored = {b.metric: b for b in v.budget}
+    return [copy_interval(b, stored.get(b.metric)) for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)]
+
+
+def budget_lines(report: Report) -> list[str]:
+    """Each verdict, a table of the bootstrap intervals (schema 1.3) and a line per budget the set cannot resolve."""
+    ref = report.variant(report.reference)
+    gated = [(v, _verdicts(report, v)) for v in report.variants if v is not ref and v.status == "measured"]
+    checks = [f"- `{v.name}`: {b.message}" for v, verdicts in gated for b in verdicts]
+    if not checks:
+        return []
+    lines = ["## Budget checks", "", *checks, ""]
+    rows, unresolved = [], []
+    for v, verdicts in gated:
+        for b in verdicts:
+            if b.interval is None and not b.interval_note:
+                continue
+            point = b.value if b.kind == "ceiling" else (b.relative_drop if b.kind == "relative" else b.drop)
+            shown = (f"{point:.2%}" if b.kind == "relative" else f"{point:.4f}") if point is not None else "-"
+            if b.interval is not None:
+                low, high = b.interval
+                cell = f"{low:.2%} to {high:.2%}" if b.kind == "relative" else f"{low:.4f} to {high:.4f}"
+                resolves = "yes" if b.resolvable else f"no (~{b.samples_needed} {b.sample_unit})" if b.samples_needed else "no"
+            else:
+                cell, resolves = b.interval_note or "no interval", "-"
+            limit = f"{b.limit:.2%}" if b.kind == "relative" else f"{b.limit:.4f}"
+            rows.append([v.name, b.metric, {"absolute": "drop", "relative": "relative drop", "ceiling": "value"}[b.kind], shown, cell, limit, resolves])
+            if line := resolution_line(b):
+                unresolved.append(f"- `{v.name}`: {line}")
+    if rows:
+        first = next((b for _, vs in gated for b in vs if b.interval is not None), None)
+        what = (f"{first.confidence:.0%} paired bootstrap interval ({first.resamples} resamples of the {first.sample_count} {first.sample_unit}, seed {first.seed})"
+                if first else "bootstrap interval")
+        lines += [f"### Intervals: {what}", "",
+                  *_table(["variant", "metric", "gated", "point", "interval", "budget", "set resolves the budget"], rows, ["l", "l", "l", "r", "r", "r", "l"]), ""]
+        lines += [*unresolved, ""] if unresolved else []
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
     ref = report.variant(report.reference)
@@ -236,11 +278,7 @@ def render_markdown(report: Report) -> str:
     lines += ["## Variants", "", *_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 3) + ["l"]), ""]
 
     if report.budgets and ref is not None:
-        checks = [
-            f"- `{v.name}`: {b.message}" for v in report.variants if v is not ref and v.status == "measured" for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)
-        ]
-        if checks:
-            lines += ["## Budget checks", "", *checks, ""]
+        lines += budget_lines(report)
 
     detail_rows = [
         [v.name, _num(v.throughput_per_s, ".1f"), v.batch, v.threads if v.threads is not None else "-", _num(v.peak_memory_mb, ".0f"),
