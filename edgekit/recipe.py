@@ -88,7 +88,9 @@ class KeepFloat(_Strict):
 class QuantizationSpec(_Strict):
     enabled: bool = Field(True, description="false: no quantization (every quantized target is refused, naming this key)")
     calibration: CalibrationSpec
-    method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    method: Literal["minmax", "entropy", "percentile", "mse"] = Field(
+        "percentile", description="activation ranges: minmax, percentile (both tails at `percentile`), entropy (KL, "
+        "TensorRT-style upper clip), mse (per tensor, the clip of least expected int8 quantization error on the calibration data)")
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
     keep_float: KeepFloat = Field(default_factory=KeepFloat)

@@ -210,7 +210,7 @@ def collect_ranges(
 
     Samples are image paths or texts (caption calibration of a text encoder); ``preprocess`` turns one into a feed.
 
-    MinMax takes one pass; percentile and entropy take a second pass that fills fixed-range histograms.
+    MinMax takes one pass; percentile, entropy and mse take a second pass that fills fixed-range histograms.
     """
     settings = {"method": method, "percentile": percentile if method == "percentile" else None, "version": CACHE_VERSION}
     key = cache_key(model, images, tensors, settings)
