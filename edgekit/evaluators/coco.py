@@ -36,7 +36,7 @@ class CocoResult:
 
 @lru_cache(maxsize=8)
 def _load_coco(path: str, _mtime_ns: int, _size: int):
-    COCO = require("pycocotools.coco", "coco", "COCO evaluation").COCO
+    require("pycocotools.coco", "coco", "COCO evaluation")  # a missing extra is said before the file is read
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -45,13 +45,19 @@ def _load_coco(path: str, _mtime_ns: int, _size: int):
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise EdgekitError("not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)", path, _FIX)
     _validate(data, path)
-    coco = COCO()
-    coco.dataset = data
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
+        return coco_from_dict(data)
     except (KeyError, TypeError) as exc:
         raise EdgekitError(f"malformed COCO annotation entry ({type(exc).__name__}: {exc})", path, _FIX) from exc
+
+
+def coco_from_dict(data: dict):
+    """A pycocotools ``COCO`` object over an in-memory instances dict (kept, not copied; no printing): an annotation
+    file's contents, or the pseudo ground truth of label-free tuning (``edgekit.tuning.proxy``)."""
+    coco = require("pycocotools.coco", "coco", "COCO evaluation").COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
     return coco
 
 

@@ -127,13 +127,10 @@ def pseudo_ground_truth(reference_detections: Iterable[Mapping], image_sizes: Ma
 
 
 def coco_from_dict(data: dict):
-    """A pycocotools ``COCO`` object over an in-memory instances dict (no file, no printing)."""
-    COCO = require("pycocotools.coco", "coco", "COCO evaluation").COCO
-    coco = COCO()
-    coco.dataset = copy.deepcopy(data)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    """A pycocotools ``COCO`` object over a copy of an in-memory instances dict (``evaluators.coco.coco_from_dict``)."""
+    from edgekit.evaluators.coco import coco_from_dict as over
+
+    return over(copy.deepcopy(data))
 
 
 def map_by_subset(ground_truth, detections: Sequence[Mapping], subsets: Mapping[str, Sequence[int]]) -> dict[str, dict[str, float]]:
