@@ -61,12 +61,16 @@ def _open(path: str | Path) -> Image.Image:
             raise EdgekitError(f"not a readable image ({type(exc).__name__}: {exc})", path, _FIX) from None
 
 
+def _refuse_float(mode: str, path: str | Path | None) -> None:
+    if mode == "F":
+        raise EdgekitError("32-bit float image: its value range is unknown", path, "save it as an 8- or 16-bit PNG or a JPEG")
+
+
 def check_image(path: str | Path) -> tuple[int, int]:
     """Cheap header check (format, size under the bomb limit, a mode ``to_rgb`` converts): ``(width, height)``. Truncated
     pixel data is only found by ``open_rgb``."""
     with _open(path) as img:
-        if img.mode == "F":
-            raise EdgekitError("32-bit float image: its value range is unknown", path, "save it as an 8- or 16-bit PNG or a JPEG")
+        _refuse_float(img.mode, path)
         return img.size
 
 
@@ -80,8 +84,7 @@ def to_rgb(img: Image.Image, path: str | Path | None = None) -> Image.Image:
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise EdgekitError(f"integer image values outside 0..65535 ({mode})", path, "save it as an 8- or 16-bit PNG")
         return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L").convert("RGB")
-    if mode == "F":
-        raise EdgekitError("32-bit float image: its value range is unknown", path, "save it as an 8- or 16-bit PNG or a JPEG")
+    _refuse_float(mode, path)
     if mode == "P" and "transparency" in img.info or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
