@@ -138,9 +138,16 @@ class Job:
                 placements.append(placement)
         fp32 = load_onnx(graph.fp32)
         tensors = tensors_for_placements(fp32, placements, graph.float_nodes, graph.float_ops)
+        method, percentile = q.method, q.percentile
+        if method == "auto":
+            with self.timer(self._label(graph.name, "tune ranges")):
+                method, percentile = self.choose_ranges(graph, fp32, tensors)
+        if q.search is not None and q.search.enabled:
+            with self.timer(self._label(graph.name, "search")):
+                self.search_float_groups(graph, fp32, tensors, method, percentile)
         with self.timer(self._label(graph.name, "quantize")):
             result = quantize_static(
-                fp32, feeds.items, preprocess=feeds.transform, method=q.method, percentile=q.percentile, per_channel=q.per_channel,
+                fp32, feeds.items, preprocess=feeds.transform, method=method, percentile=percentile, per_channel=q.per_channel,
                 float_nodes=graph.float_nodes, float_ops=graph.float_ops, threads=self.run.threads, progress=progress.track, also_calibrate=tensors,
             )
         path = self.stage / f"{graph.name}_int8.onnx"
@@ -153,6 +160,84 @@ class Job:
         graph.ranges = dict(result.calibration.ranges)
         graph.spec_tensors = frozenset(result.spec.activations)
         graph.int8 = "static"
+
+    def tuning_record(self, graph: Graph) -> dict[str, Any]:
+        """The report's tuning entry of ``graph`` (created on first use): which images chose its settings, how scored."""
+        if not hasattr(self, "tuning"):
+            self.tuning: dict[str, Any] = {"sets": self.family.tuning_sets(), "graphs": {}}
+        return self.tuning["graphs"].setdefault(graph.name, {})
+
+    def tuning_scorer(self, graph: Graph):
+        if not hasattr(graph, "_scorer"):
+            scorer = self.family.tuning_scorer(graph)
+            if scorer is None:
+                raise EdgekitError(f"the {self.family.name} family has no tuning metric for its {graph.name} graph", self.recipe_path,
+                                   "set quantization.method to minmax, percentile, entropy or mse")
+            graph._scorer = scorer  # type: ignore[attr-defined]
+        return graph._scorer  # type: ignore[attr-defined]
+
+    def choose_ranges(self, graph: Graph, fp32, tensors: list[str]) -> tuple[str, float]:
+        """``quantization.method: auto``: every candidate range method from one observation of the calibration images,
+        each placed as ORT's Q/DQ model and scored label-free on the tuning images; the best (ties: the first listed)
+        serves every placement. The evaluation set never enters."""
+        import tempfile
+
+        from edgekit.quantization.calibration import collect_candidates, parse_candidate
+        from edgekit.quantization.placement import ORT_PLACEMENT
+        from edgekit.quantization.ptq import calibration_settings, place
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        scorer = self.tuning_scorer(graph)
+        results = collect_candidates(fp32, tensors, feeds.items, feeds.transform, q.tuning.candidates, self.run.threads, progress.track)
+        trace = []
+        with tempfile.TemporaryDirectory(dir=self.stage, prefix=".tune-") as tmp:
+            names = list(results)
+            for i in progress.track(f"tune ranges ({scorer.name}, {len(scorer.samples)} images)", len(names)):
+                text = names[i]
+                method, percentile = parse_candidate(text)
+                calib = results[text]
+                settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+                model, _ = place(fp32, ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)
+                path = Path(tmp) / "candidate.onnx"
+                save_onnx(model, path)
+                start = time.perf_counter()
+                score = scorer.score(path)
+                trace.append({"candidate": text, "score": round(score, 5), "loss_pt": scorer.loss_pt(score), "seconds": round(time.perf_counter() - start, 2)})
+        best = max(trace, key=lambda row: row["score"])  # max keeps the first of equal scores
+        self.tuning_record(graph)["ranges"] = {"metric": scorer.description, "candidates": trace, "chosen": best["candidate"]}
+        progress.log(f"ranges: {best['candidate']} (tuning loss {best['loss_pt']:.2f} pt; " +
+                     ", ".join(f"{r['candidate']} {r['loss_pt']:.2f}" for r in trace if r is not best) + ")")
+        return parse_candidate(best["candidate"])
+
+    def search_float_groups(self, graph: Graph, fp32, tensors: list[str], method: str, percentile: float) -> None:
+        """``quantization.search``: the fastest set of quantizer groups left float (measured ORT latency) whose tuning loss
+        meets the budget; the chosen groups join ``graph.float_nodes`` for every placement."""
+        import tempfile
+
+        from edgekit.quantization.calibration import collect_ranges
+        from edgekit.quantization.placement import ORT_PLACEMENT
+        from edgekit.quantization.ptq import calibration_settings
+        from edgekit.tuning.groups import quantizer_groups
+        from edgekit.tuning.search import search
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        s = q.search
+        calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
+        settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+        scorer = self.tuning_scorer(graph)
+        groups = quantizer_groups(fp32, ORT_PLACEMENT, graph.float_nodes, graph.float_ops)
+        with tempfile.TemporaryDirectory(dir=self.stage, prefix=".search-") as tmp:
+            max_loss = s.max_loss_pt
+            if max_loss is None:
+                ranges = self.tuning_record(graph).get("ranges")
+                max_loss = min(r["loss_pt"] for r in ranges["candidates"]) if ranges else None
+            result = search(fp32, ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings, scorer, groups,
+                            max_loss_pt=max_loss, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
+                            time_limit_s=s.time_limit_s, latency_runs=s.latency_runs, progress=progress.track)
+        self.tuning_record(graph)["search"] = result.to_dict()
+        graph.float_nodes = list(graph.float_nodes) + list(result.float_nodes)
+        if graph.backend_float_nodes is not None:
+            graph.backend_float_nodes = list(graph.backend_float_nodes) + list(result.float_nodes)
 
     def build(self) -> dict[Target, dict[str, Built]]:
         """Every graph of every target, backends that must come last (LiteRT) last; recipe order kept."""
@@ -305,6 +390,7 @@ class Job:
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             recipe={"name": r.name, "path": str(self.recipe_path), "sha256": sha256_file(self.recipe_path), "content": r.model_dump()},
             budgets=budgets, reference=ref.name, device=device_fingerprint(), variants=variants, timings_s=self.timings,
+            tuning=getattr(self, "tuning", None),
         )
 
     def execute(self) -> Report:

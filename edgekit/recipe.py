@@ -85,12 +85,47 @@ class KeepFloat(_Strict):
     op_types: list[str] = Field(default_factory=list, description="ONNX op types kept in float")
 
 
+DEFAULT_RANGE_CANDIDATES = ("percentile:99.99", "percentile:99.999", "mse", "entropy", "minmax")
+
+
+class TuningSpec(_Strict):
+    """The images that choose settings by their accuracy (never the evaluation images), scored label-free against FP32."""
+
+    images: PathText | None = Field(None, description="folder of tuning images (default: the calibration images)")
+    count: int | None = Field(None, ge=1, description="number of tuning images, the first N by name (default: the calibration count)")
+    candidates: list[str] = Field(list(DEFAULT_RANGE_CANDIDATES), min_length=1,
+                                  description="range methods `method: auto` tries: minmax, entropy, mse, percentile:P")
+
+    @field_validator("candidates")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from edgekit.quantization.calibration import parse_candidate
+
+        for text in value:
+            parse_candidate(text)
+        return list(dict.fromkeys(value))
+
+
+class SearchSpec(_Strict):
+    """Budget-driven mixed precision: the fastest set of quantizer groups left float whose tuning loss meets the budget."""
+
+    enabled: bool = True
+    max_loss_pt: float | None = Field(None, description="tuning-metric loss allowed, 100 (1 - score) (default: the loss of full PTQ "
+                                      "with the chosen ranges: faster at no loss of tuning accuracy)")
+    margin_pt: float = Field(0.0, ge=0, description="safety margin subtracted from max_loss_pt")
+    time_limit_s: float = Field(300, gt=0, description="wall-time limit of the search per graph")
+    latency_runs: int = Field(30, ge=3, description="timed runs per candidate (median)")
+
+
 class QuantizationSpec(_Strict):
     enabled: bool = Field(True, description="false: no quantization (every quantized target is refused, naming this key)")
     calibration: CalibrationSpec
-    method: Literal["minmax", "entropy", "percentile", "mse"] = Field(
+    method: Literal["auto", "minmax", "entropy", "percentile", "mse"] = Field(
         "percentile", description="activation ranges: minmax, percentile (both tails at `percentile`), entropy (KL, "
-        "TensorRT-style upper clip), mse (per tensor, the clip of least expected int8 quantization error on the calibration data)")
+        "TensorRT-style upper clip), mse (per tensor, the clip of least expected int8 quantization error on the calibration data), "
+        "auto (each of `tuning.candidates` scored label-free on the tuning images; the best serves every placement)")
+    tuning: TuningSpec = Field(default_factory=TuningSpec)
+    search: SearchSpec | None = Field(None, description="budget-driven mixed precision on ONNX Runtime's placement (edgekit.tuning.search)")
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
     keep_float: KeepFloat = Field(default_factory=KeepFloat)

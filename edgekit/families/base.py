@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edgekit.recipe import Recipe
     from edgekit.runners.base import Runner
     from edgekit.targets import Target
+    from edgekit.tuning.scorer import TuningScorer
 
 
 @dataclass
@@ -126,6 +127,29 @@ class Family:
         """Fill ``graph.quantized`` (precision -> ONNX form) and ``graph.int8``: default, the job's static Q/DQ from
         the one shared calibration pass."""
         self.job.static_qdq(graph)
+
+    def tuning_scorer(self, graph: Graph) -> TuningScorer | None:
+        """How a candidate of ``graph`` is scored label-free for choices (``quantization.method: auto``, the search):
+        default, the mean output cosine against FP32 on the first ``tuning.count`` calibration samples (or on the
+        ``tuning.images`` folder through the same preprocessing). None: no choice by accuracy is possible."""
+        from edgekit.tuning.scorer import OutputCosineScorer
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        if q is None or feeds is None:
+            return None
+        items = list(feeds.items)
+        if q.tuning.images:
+            from edgekit.quantization.calibration import calibration_images
+
+            items = calibration_images(q.tuning.images, q.tuning.count or q.calibration.count, warn_below=1)
+        return OutputCosineScorer(graph.fp32, items[: q.tuning.count or None], self.job.run.threads, feeds.transform)
+
+    def tuning_sets(self) -> dict[str, Any]:
+        """For the report: the samples that chose settings and those that measured them."""
+        q, ev = self.recipe.quantization, getattr(self.recipe, "evaluation", None)
+        tuning = q.tuning.images or str(q.calibration.images) if q else None
+        return {"tuning": {"folder": tuning, "count": (q.tuning.count or q.calibration.count) if q else 0, "labels": "none: scored against FP32"},
+                "evaluation": {"folder": str(ev.dataset.images) if ev else None}, "evaluation_used_for_choices": False}
 
     def torch_source(self, graph: str) -> TorchSource | None:
         """The PyTorch module a converting backend (LiteRT) starts from; None: such backends report "not built"."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.artifacts import sha256_bytes, sha256_file
 from edgekit.backends.base import AccuracyCheck, LazyFeeds, TorchSource
 from edgekit.errors import EdgekitError
 from edgekit.families.base import Evaluation, Family, GraphExport
@@ -98,12 +99,17 @@ class Yolo(Family):
             require_ground_truth(ev.dataset.annotations, [i for i, _ in items])
             files += [p for _, p in items]
         q = r.quantization
+        chosen_on: list[Path] = []  # calibration and tuning images: never evaluation images
         if q is not None and any(t.quantized for t in r.targets):
             with warnings.catch_warnings():  # load() picks them again and warns then
                 warnings.simplefilter("ignore")
-                files += calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below)
-        for path in dict.fromkeys(files + self._sample_files()):
+                chosen_on = calibration_images(q.calibration.images, q.calibration.count, q.calibration.warn_below) + self.tuning_files()
+        for path in dict.fromkeys(files + chosen_on + self._sample_files()):
             check_image(path)
+        if files and chosen_on:
+            from edgekit.tuning.proxy import check_disjoint
+
+            check_disjoint(dict.fromkeys(chosen_on), files, "calibration or tuning")
 
     def load(self) -> None:
         from edgekit.export.onnx_export import fuse_batchnorm
@@ -172,6 +178,39 @@ class Yolo(Family):
 
     def calibration(self, graph: str) -> LazyFeeds | None:
         return LazyFeeds(self.calib_images, lambda p: self.detector.preprocess(p)[0]) if self.calib_images else None
+
+    def tuning_files(self) -> list[Path]:
+        """The images that choose settings: ``quantization.tuning.images`` (first ``count``), else the calibration images."""
+        from edgekit.quantization.calibration import calibration_images
+
+        q = self.recipe.quantization
+        if q is None:
+            return []
+        folder = q.tuning.images or q.calibration.images
+        return calibration_images(folder, q.tuning.count or q.calibration.count, warn_below=1)
+
+    def evaluation_files(self) -> list[Path]:
+        from edgekit.evaluators.coco import coco_images
+
+        ev = self.recipe.evaluation
+        if ev is None:
+            return []
+        return [p for _, p in coco_images(ev.dataset.annotations, ev.dataset.images, ev.dataset.allow_missing_images).items[: ev.max_images or None]]
+
+    def tuning_scorer(self, graph):
+        """pseudo mAP50-95 against FP32's detections on the tuning images (``edgekit.tuning.scorer.DetectionScorer``)."""
+        from edgekit.tuning.scorer import DetectionScorer
+
+        return DetectionScorer(graph.fp32, self.tuning_files(), self.detector, self.job.run.threads)
+
+    def tuning_sets(self) -> dict[str, Any]:
+        from edgekit.tuning.proxy import TuningSet
+
+        tuning, evaluation = self.tuning_files(), self.evaluation_files()
+        record = TuningSet.create(tuning, evaluation).to_dict() if evaluation else {"tuning_images": len(tuning)}
+        digest = "".join(sha256_file(p) for p in tuning)
+        return {**record, "tuning_sha256": sha256_bytes(digest.encode()), "labels": "none: scored against FP32's detections",
+                "evaluation_used_for_choices": False}
 
     def torch_source(self, graph: str) -> TorchSource:
         import torch

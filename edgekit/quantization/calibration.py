@@ -31,6 +31,7 @@ from edgekit.quantization.spec import Range
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
 CACHE_VERSION = 2  # 2: entries carry their key and a sha256 of their content (version 1 entries are misses)
 
 
@@ -250,6 +251,22 @@ def _compute(
     threads: int,
     progress: Callable[[str, int], Iterator[int]] | None,
 ) -> dict[str, Range]:
+    minmax, hists = observe(model, tensors, images, preprocess, method != "minmax", threads, progress, method)
+    return {t: final_range(method, minmax[t], hists.get(t), percentile) for t in tensors}
+
+
+def observe(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    images: Sequence[Path | str],
+    preprocess: Callable[[Path | str], dict[str, np.ndarray]],
+    histograms: bool,
+    threads: int,
+    progress: Callable[[str, int], Iterator[int]] | None,
+    label: str = "histograms",
+) -> tuple[dict[str, MinMax], dict[str, Histogram]]:
+    """The observers of every tensor: min/max (one pass), then fixed-range histograms (a second pass) if asked.
+    Every range method is a function of these, so one observation serves several methods."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -270,9 +287,61 @@ def _compute(
         for name, value in values.items():
             minmax[name].update(value)
     hists: dict[str, Histogram] = {}
-    if method != "minmax":
+    if histograms:
         hists = {t: Histogram(minmax[t].low, minmax[t].high) for t in wanted}
-        for values in batches(f"calibration: {method} histograms"):
+        for values in batches(f"calibration: {label}"):
             for name, value in values.items():
                 hists[name].update(value)
-    return {t: final_range(method, minmax[t], hists.get(t), percentile) for t in wanted}
+    return minmax, hists
+
+
+def parse_candidate(text: str) -> tuple[str, float]:
+    """``percentile:99.99`` -> ("percentile", 99.99); ``mse`` -> ("mse", 99.99) (the percentile is then unused)."""
+    method, _, value = text.partition(":")
+    if method not in RANGE_METHODS or (value and method != "percentile"):
+        raise ValueError(f"unknown range candidate {text!r}: use minmax, entropy, mse or percentile:P (50 < P <= 100)")
+    percentile = float(value) if value else 99.99
+    if not 50 < percentile <= 100:
+        raise ValueError(f"percentile of {text!r} must be in (50, 100]")
+    return method, percentile
+
+
+def collect_candidates(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    images: Sequence[Path | str],
+    preprocess: Callable[[Path | str], dict[str, np.ndarray]],
+    candidates: Sequence[str],
+    threads: int = 2,
+    progress: Callable[[str, int], Iterator[int]] | None = None,
+    use_cache: bool = True,
+) -> dict[str, CalibrationResult]:
+    """The ranges of several range methods (``parse_candidate`` strings) from one observation of ``images``: each
+    candidate is cached under the same key :func:`collect_ranges` uses, so the chosen one is a cache hit there."""
+    out: dict[str, CalibrationResult] = {}
+    missing: list[tuple[str, str, float, dict, str]] = []
+    folder = cache_dir() if use_cache else None
+    for text in candidates:
+        method, percentile = parse_candidate(text)
+        settings = {"method": method, "percentile": percentile if method == "percentile" else None, "version": CACHE_VERSION}
+        key = cache_key(model, images, tensors, settings)
+        ranges = read_entry(folder / f"{key}.json", key, tensors, settings, len(images))[0] if folder else None
+        if ranges is not None:
+            out[text] = CalibrationResult(ranges, key, len(images), True)
+        else:
+            missing.append((text, method, percentile, settings, key))
+    if missing:
+        need_hist = any(m != "minmax" for _, m, _, _, _ in missing)
+        minmax, hists = observe(model, tensors, images, preprocess, need_hist, threads, progress, "histograms for " + ", ".join(t for t, *_ in missing))
+        for text, method, percentile, settings, key in missing:
+            ranges = {t: final_range(method, minmax[t], hists.get(t), percentile) for t in tensors}
+            out[text] = CalibrationResult(ranges, key, len(images), False)
+            if folder is not None:
+                with _entry_lock(folder, key) as locked, contextlib.suppress(ValueError):  # a non-finite range is never cached
+                    entry = cache_entry(key, ranges, settings, len(images))
+                    if locked:
+                        try:
+                            write_json_atomic(folder / f"{key}.json", entry)
+                        except OSError as exc:
+                            _unwritable(folder, exc)
+    return {text: out[text] for text in candidates}

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.3"  # 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts
+SCHEMA_VERSION = "1.4"  # 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts; 1.4: tuning
 INTERVALS_SINCE = (1, 3)  # reports of this version and later carry bootstrap intervals where the family gives per-sample data
 INTEGRITY_SINCE = (1, 2)  # reports of this version and later must carry an integrity record
 
@@ -113,6 +113,8 @@ class Report(BaseModel):
     device: dict[str, Any] = Field(default_factory=dict)
     variants: list[Variant]
     timings_s: dict[str, float] = Field(default_factory=dict)
+    tuning: dict[str, Any] | None = Field(None, description="which images chose settings (tuning) and which measured them (evaluation); "
+                                          "per graph: range candidates scored, search trace (schema 1.4 on)")
     integrity: Integrity | None = Field(None, description="digest and file hashes (schema 1.2 on); absent in older reports")
 
     def variant(self, name: str) -> Variant | None:

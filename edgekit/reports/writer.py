@@ -232,6 +232,37 @@ def budget_lines(report: Report) -> list[str]:
     return lines
 
 
+def tuning_lines(report: Report) -> list[str]:
+    """Which images chose the settings and which measured them; per graph, the range candidates and the search trace."""
+    t = report.tuning
+    if not t:
+        return []
+    sets = t.get("sets", {})
+    folders = ", ".join(f"`{f}`" for f in sets.get("tuning_folders", [])) or f"`{sets.get('tuning', {}).get('folder', '?')}`"
+    lines = ["## Tuning (what chose the settings)", "",
+             f"- settings chosen on **{sets.get('tuning_images', sets.get('tuning', {}).get('count', '?'))} tuning images** in {folders} "
+             f"(labels: {sets.get('labels', 'none')}; sha256 {str(sets.get('tuning_sha256', '-'))[:12]})",
+             f"- accuracy measured on **{sets.get('evaluation_images', '?')} evaluation images** "
+             f"({', '.join(f'`{f}`' for f in sets.get('evaluation_folders', [])) or '-'}), never used for a choice "
+             f"(disjoint by {sets.get('disjoint_by', 'sha256')})", ""]
+    for graph, record in t.get("graphs", {}).items():
+        where = "" if graph == "model" else f" of `{graph}`"
+        if "ranges" in record:
+            r = record["ranges"]
+            rows = [[row["candidate"] + (" **(chosen)**" if row["candidate"] == r["chosen"] else ""), f"{row['score']:.4f}",
+                     f"{row['loss_pt']:.2f}", f"{row['seconds']:.1f}"] for row in r["candidates"]]
+            lines += [f"### Range method{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "s"], rows), ""]
+        if "search" in record:
+            sr = record["search"]
+            rows = [[", ".join(c.get("float_groups", [])) or "(all int8)", _num(c.get("loss_pt"), ".2f"), _num(c.get("latency_ms"), ".2f"),
+                     "yes" if c.get("meets") else "no", _num(c.get("seconds"), ".1f")] for c in sr.get("trace", [])]
+            chosen = ", ".join(sr.get("float_groups", [])) or "nothing"
+            lines += [f"### Mixed-precision search{where}: groups left float: {chosen} "
+                      f"({'meets' if sr.get('met') else 'does NOT meet'} the tuning budget {_num(sr.get('max_loss_pt'), '.2f')} pt)", "",
+                      *_table(["float groups", "loss pt", "latency ms", "meets", "s"], rows), ""]
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     """A readable summary: main table, fidelity, worst per-class AP drops, timings."""
     ref = report.variant(report.reference)
@@ -309,6 +340,8 @@ def render_markdown(report: Report) -> str:
                 sections += [f"### `{v.name}`: {len(rows)} largest drops of {len(common)} classes", "", *_table(["class", "reference AP", "AP", "change"], rows), ""]
         if sections:
             lines += ["## Per-class AP (largest drops vs reference)", "", *sections]
+
+    lines += tuning_lines(report)
 
     notes = [(v.name, n) for v in report.variants for n in v.notes]
     if notes:

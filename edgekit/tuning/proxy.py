@@ -54,7 +54,7 @@ def file_digests(files: Iterable[str | Path]) -> dict[str, Path]:
     return out
 
 
-def check_disjoint(tuning_files: Iterable[str | Path], evaluation_files: Iterable[str | Path]) -> None:
+def check_disjoint(tuning_files: Iterable[str | Path], evaluation_files: Iterable[str | Path], role: str = "tuning") -> None:
     """Raise :class:`EdgekitError` when a tuning file has the same bytes (sha256) as an evaluation file.
 
     Content, not names, is compared: a copy of an evaluation image under another name or folder is refused too.
@@ -65,10 +65,10 @@ def check_disjoint(tuning_files: Iterable[str | Path], evaluation_files: Iterabl
     if common:
         first = common[0]
         raise EdgekitError(
-            f"{len(common)} tuning image(s) are also evaluation images (same sha256; e.g. {tuning[first].name} = {evaluation[first]}): "
+            f"{len(common)} {role} image(s) are also evaluation images (same sha256; e.g. {tuning[first].name} = {evaluation[first]}): "
             "settings chosen on them would make the reported accuracy optimistic",
             tuning[first],
-            "tune on images disjoint from evaluation.dataset (by default the calibration images)",
+            "calibrate and tune on images disjoint from evaluation.dataset",
         )
 
 
