@@ -176,7 +176,7 @@ class Job:
             graph._scorer = scorer  # type: ignore[attr-defined]
         return graph._scorer  # type: ignore[attr-defined]
 
-    def choose_ranges(self, graph: Graph, fp32, tensors: list[str]) -> tuple[str, float]:
+    def choose_ranges(self, graph: Graph, fp32, tensors: list[str], placement=None) -> tuple[str, float]:
         """``quantization.method: auto``: every candidate range method from one observation of the calibration images,
         each placed as ORT's Q/DQ model and scored label-free on the tuning images; the best (ties: the first listed)
         serves every placement. The evaluation set never enters."""
@@ -197,7 +197,7 @@ class Job:
                 method, percentile = parse_candidate(text)
                 calib = results[text]
                 settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
-                model, _ = place(fp32, ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)
+                model, _ = place(fp32, placement or ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)
                 path = Path(tmp) / "candidate.onnx"
                 save_onnx(model, path)
                 start = time.perf_counter()

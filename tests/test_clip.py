@@ -178,6 +178,8 @@ def _clip_recipe(tmp_path: Path, targets: list[str], **clip_overrides) -> Path:
     data = yaml.safe_load((REPO / "recipes" / "clip.yaml").read_text())
     data["targets"] = targets
     data["quantization"]["calibration"]["count"] = 16
+    data["quantization"]["method"] = "auto"  # the vision tower's ranges chosen label-free (embedding cosine vs FP32)
+    data["quantization"]["tuning"] = {"candidates": ["percentile:99.99", "mse", "minmax"]}
     data["clip"]["text_calibration"]["count"] = 32
     data["clip"]["zero_shot"].update(max_images=24, templates=["a photo of a {}.", "a {} in a video game."])
     data["clip"]["retrieval"]["max_images"] = 16
@@ -223,6 +225,12 @@ def test_clip_run_report(clip_run) -> None:
     assert report.variants[3].metrics["image_embedding_cosine"] > 0.98
     md = (clip_run / "report.md").read_text()
     assert "## Per-graph latency and size" in md and "vision median ms" in md
+    ranges = report.tuning["graphs"]["vision"]["ranges"]  # method: auto, scored on the 16 calibration images
+    assert [c["candidate"] for c in ranges["candidates"]] == ["percentile:99.99", "mse", "minmax"] and ranges["metric"] == "output_cosine"
+    best = max(ranges["candidates"], key=lambda c: c["score"])
+    assert ranges["chosen"] == best["candidate"] and 0.9 < best["score"] <= 1.0
+    assert ort_int8.components["vision"].settings["quantization"]["method"] == ranges["chosen"].partition(":")[0]
+    assert "### Range method of `vision`" in md
 
 
 def test_clip_run_label_embeddings(clip_run) -> None:

@@ -147,9 +147,11 @@ class Family:
     def tuning_sets(self) -> dict[str, Any]:
         """For the report: the samples that chose settings and those that measured them."""
         q, ev = self.recipe.quantization, getattr(self.recipe, "evaluation", None)
-        tuning = q.tuning.images or str(q.calibration.images) if q else None
-        return {"tuning": {"folder": tuning, "count": (q.tuning.count or q.calibration.count) if q else 0, "labels": "none: scored against FP32"},
-                "evaluation": {"folder": str(ev.dataset.images) if ev else None}, "evaluation_used_for_choices": False}
+        return {"tuning_images": (q.tuning.count or q.calibration.count) if q else 0,
+                "tuning_folders": [str(q.tuning.images or q.calibration.images)] if q else [],
+                "evaluation_images": ev.max_images if ev else None, "evaluation_folders": [str(ev.dataset.images)] if ev else [],
+                "labels": "none: scored against FP32 (each graph's calibration samples unless tuning.images is set)",
+                "evaluation_used_for_choices": False}
 
     def torch_source(self, graph: str) -> TorchSource | None:
         """The PyTorch module a converting backend (LiteRT) starts from; None: such backends report "not built"."""

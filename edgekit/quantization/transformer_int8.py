@@ -16,9 +16,14 @@ from edgekit.recipe import QuantizationSpec
 
 
 def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Callable[[Any], dict], q: QuantizationSpec, threads: int,
-                            smooth_quant: float | None = None, meta: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns the settings."""
-    from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
+                            smooth_quant: float | None = None, meta: dict[str, str] | None = None,
+                            choose: Callable[[Any, list[str], Any], tuple[str, float]] | None = None) -> dict[str, Any]:
+    """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns the settings.
+
+    ``choose(model, tensors, placement) -> (method, percentile)`` resolves ``method: auto`` on the model actually
+    quantized (after SmoothQuant), e.g. ``Job.choose_ranges`` scoring candidates on the tuning samples."""
+    from edgekit.errors import EdgekitError
+    from edgekit.quantization.placement import TRANSFORMER_PLACEMENT, quantized_nodes, tensors_to_quantize
     from edgekit.quantization.ptq import quantize_static
 
     model = load_onnx(fp32)
@@ -27,8 +32,15 @@ def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Ca
         from edgekit.quantization.smooth_quant import smooth_quant as apply_smooth_quant
 
         model, smooth = apply_smooth_quant(model, samples, preprocess, alpha=smooth_quant, threads=threads, progress=progress.track)
+    method, percentile = q.method, q.percentile
+    if method == "auto":
+        if choose is None:
+            raise EdgekitError("quantization.method: auto needs a tuning metric this graph's family does not give", out,
+                               "set quantization.method to minmax, percentile, entropy or mse")
+        nodes = quantized_nodes(model, TRANSFORMER_PLACEMENT, q.keep_float.nodes, q.keep_float.op_types)
+        method, percentile = choose(model, tensors_to_quantize(model, nodes), TRANSFORMER_PLACEMENT)
     result = quantize_static(
-        model, samples, preprocess=preprocess, method=q.method, percentile=q.percentile, per_channel=q.per_channel,
+        model, samples, preprocess=preprocess, method=method, percentile=percentile, per_channel=q.per_channel,
         float_nodes=q.keep_float.nodes, float_ops=q.keep_float.op_types, placement=TRANSFORMER_PLACEMENT,
         threads=threads, progress=progress.track,
     )

@@ -238,13 +238,15 @@ def tuning_lines(report: Report) -> list[str]:
     if not t:
         return []
     sets = t.get("sets", {})
-    folders = ", ".join(f"`{f}`" for f in sets.get("tuning_folders", [])) or f"`{sets.get('tuning', {}).get('folder', '?')}`"
+    def folders(key: str) -> str:
+        return ", ".join(f"`{f}`" for f in sets.get(key, [])) or "-"
+
+    evaluated = sets.get("evaluation_images")
     lines = ["## Tuning (what chose the settings)", "",
-             f"- settings chosen on **{sets.get('tuning_images', sets.get('tuning', {}).get('count', '?'))} tuning images** in {folders} "
-             f"(labels: {sets.get('labels', 'none')}; sha256 {str(sets.get('tuning_sha256', '-'))[:12]})",
-             f"- accuracy measured on **{sets.get('evaluation_images', '?')} evaluation images** "
-             f"({', '.join(f'`{f}`' for f in sets.get('evaluation_folders', [])) or '-'}), never used for a choice "
-             f"(disjoint by {sets.get('disjoint_by', 'sha256')})", ""]
+             f"- settings chosen on **{sets.get('tuning_images', '?')} tuning samples** in {folders('tuning_folders')} "
+             f"(labels: {sets.get('labels', 'none')}" + (f"; sha256 {sets['tuning_sha256'][:12]}" if sets.get("tuning_sha256") else "") + ")",
+             f"- accuracy measured on {f'**{evaluated} evaluation images**' if evaluated else 'the evaluation set'} ({folders('evaluation_folders')}), "
+             "never used for a choice" + (f" (disjoint by {sets['disjoint_by']})" if sets.get("disjoint_by") else ""), ""]
     for graph, record in t.get("graphs", {}).items():
         where = "" if graph == "model" else f" of `{graph}`"
         if "ranges" in record:

@@ -1,0 +1,111 @@
+"""`quantization.method: auto`: range candidates from one observation, scored label-free on the tuning images (real
+YOLOv5n, real calibration images), the choice and both image sets in the report, and calibration/tuning images
+that are evaluation images refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ANNOTATIONS, COCO, edgekit
+from faults.tiny import assert_one_line_error, tiny_recipe
+
+from edgekit.quantization.calibration import collect_candidates, collect_ranges, parse_candidate
+
+
+def test_parse_candidate() -> None:
+    assert parse_candidate("percentile:99.999") == ("percentile", 99.999)
+    assert parse_candidate("mse") == ("mse", 99.99)
+    for bad in ("kl", "percentile:40", "mse:3", "percentile:x"):
+        with pytest.raises(ValueError):
+            parse_candidate(bad)
+
+
+def test_recipe_refuses_an_unknown_candidate(tmp_path) -> None:
+    recipe = tiny_recipe(tmp_path, quantization__method="auto", quantization__tuning={"candidates": ["mse", "kl"]})
+    assert_one_line_error(edgekit("export", recipe, "--out", tmp_path / "out"), "quantization.tuning.candidates", "kl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_candidates_from_one_observation_equal_each_method_alone(yolo, fp32_onnx, calib_images, tmp_path, monkeypatch) -> None:
+    from edgekit.onnx_io import load_onnx
+    from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes, tensors_to_quantize
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    family, _ = yolo
+    model = load_onnx(fp32_onnx)
+    tensors = tensors_to_quantize(model, quantized_nodes(model, ORT_PLACEMENT, [], []))[:12]
+    images, prep = calib_images[:3], (lambda p: family.preprocess(p)[0])
+    texts = ["percentile:99.9", "mse", "entropy", "minmax"]
+    together = collect_candidates(model, tensors, images, prep, texts)
+    assert list(together) == texts and not any(r.from_cache for r in together.values())
+    for text in texts:
+        method, pct = parse_candidate(text)
+        alone = collect_ranges(model, tensors, images, prep, method, pct)  # the same key: a verified cache hit
+        assert alone.from_cache and alone.key == together[text].key and alone.ranges == together[text].ranges
+        fresh = collect_ranges(model, tensors, images, prep, method, pct, use_cache=False)
+        assert fresh.ranges == together[text].ranges, text
+    assert len({tuple(r.ranges.values()) for r in together.values()}) == len(texts)  # four different methods
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("auto")
+    recipe = tiny_recipe(folder, quantization__method="auto", quantization__calibration__count=12,
+                         quantization__tuning={"candidates": ["percentile:99.99", "percentile:99.999", "mse", "minmax"]})
+    result = edgekit("export", recipe, "--out", folder / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run"
+
+
+def test_auto_chooses_the_best_tuning_score_and_reports_both_sets(auto_run) -> None:
+    report = json.loads((auto_run / "report.json").read_text())
+    assert report["schema_version"] == "1.4"
+    sets = report["tuning"]["sets"]
+    assert sets["tuning_images"] == 12 and sets["tuning_folders"] == [str(COCO / "calib_images")]
+    assert sets["evaluation_images"] == 8 and sets["evaluation_folders"] == [str(COCO / "images")]
+    assert sets["evaluation_used_for_choices"] is False and len(sets["tuning_sha256"]) == 64
+    ranges = report["tuning"]["graphs"]["model"]["ranges"]
+    assert ranges["metric"].startswith("pseudo_map@0.5")
+    scores = {c["candidate"]: c["score"] for c in ranges["candidates"]}
+    assert list(scores) == ["percentile:99.99", "percentile:99.999", "mse", "minmax"]
+    assert all(0.0 < s < 1.0 for s in scores.values()) and len(set(scores.values())) > 1  # real int8 error, candidates differ
+    assert ranges["chosen"] == max(scores, key=scores.get)
+    method, pct = parse_candidate(ranges["chosen"])
+    int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
+    q = int8["manifest"]["settings"]["quantization"]
+    assert q["method"] == method and q["percentile"] == (pct if method == "percentile" else None)
+    spec = json.loads((auto_run / "quant_spec.json").read_text())
+    assert spec["settings"]["method"] == method
+    md = (auto_run / "report.md").read_text()
+    assert "## Tuning (what chose the settings)" in md and "**12 tuning samples**" in md and "(chosen)" in md
+    assert not any(p.name.startswith(".tune-") for p in auto_run.iterdir())  # candidates were temporary
+
+
+def test_tuning_images_folder_is_used_and_recorded(tmp_path) -> None:
+    tuning = tmp_path / "tuning"
+    tuning.mkdir()
+    for p in sorted((COCO / "calib_images").iterdir())[20:26]:
+        shutil.copy(p, tuning / p.name)
+    recipe = tiny_recipe(tmp_path, quantization__method="auto", quantization__tuning={"images": str(tuning), "candidates": ["mse", "minmax"]})
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["tuning"]["sets"]["tuning_images"] == 6 and report["tuning"]["sets"]["tuning_folders"] == [str(tuning)]
+
+
+@pytest.mark.parametrize("role", ["calibration", "tuning"])
+def test_an_evaluation_image_among_calibration_or_tuning_images_is_refused(tmp_path, role) -> None:
+    folder = tmp_path / role
+    folder.mkdir()
+    for p in sorted((COCO / "calib_images").iterdir())[:7]:
+        shutil.copy(p, folder / p.name)
+    evaluation = COCO / "images" / json.loads(ANNOTATIONS.read_text())["images"][0]["file_name"]  # evaluated by the tiny recipe
+    shutil.copy(evaluation, folder / "zz_renamed_copy.jpg")
+    key = {"quantization__calibration__images": str(folder)} if role == "calibration" else \
+        {"quantization__method": "auto", "quantization__tuning": {"images": str(folder)}}
+    recipe = tiny_recipe(tmp_path, **key)
+    assert_one_line_error(edgekit("export", recipe, "--out", tmp_path / "out"), "are also evaluation images", "zz_renamed_copy.jpg")
+    assert not (tmp_path / "out").exists()
