@@ -1,4 +1,4 @@
-"""The ``edgekit`` command line: export, eval, bench, inspect, build, embed-labels, generate, check."""
+"""The ``edgekit`` command line: export, eval, bench, inspect, build, embed-labels, generate, check, sensitivity."""
 
 from __future__ import annotations
 
@@ -265,6 +265,36 @@ def check(
     if not ok:
         raise typer.Exit(1)
     console.print("all budgets hold")
+
+
+@app.command()
+def sensitivity(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML (its calibration, tuning and quantization settings are used)")],
+    top: Annotated[int, typer.Option(help="show the N most sensitive groups per graph (0: all)")] = 15,
+    both: Annotated[bool, typer.Option("--both", help="also score each group quantized alone (everything else float; twice the time)")] = False,
+    runs: Annotated[int, typer.Option(help="timed runs per candidate for its latency")] = 20,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the full tables as JSON here (not overwritten)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="run even when the memory estimate exceeds the memory available")] = False,
+) -> None:
+    """Per quantizer group (a conv with its SiLU, an attention block's MatMuls...): the tuning-metric loss when only that
+    group is left float, and its latency cost on this device (ONNX Runtime). Label-free, on the tuning images; the
+    evaluation set is never read. Nothing is written unless --json is given.
+
+    Example: edgekit sensitivity recipes/yolov5n.yaml --top 10 --json sensitivity.json
+    """
+    from edgekit.artifacts import write_json_atomic
+    from edgekit.job import run_sensitivity
+    from edgekit.recipe import load_recipe
+
+    if json_out is not None and json_out.exists():
+        raise EdgekitError("the --json file exists (not overwritten)", json_out, "choose another path or delete it")
+    tables = run_sensitivity(load_recipe(recipe), recipe, both, runs, force)
+    for name, table in tables.items():
+        console.print(f"[bold]{name}[/]")
+        console.print(table.render(limit=top or None))
+    if json_out is not None:
+        write_json_atomic(json_out, {name: t.to_dict() for name, t in tables.items()})
+        console.print(f"tables: {json_out}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -201,10 +201,13 @@ class Job:
                 path = Path(tmp) / "candidate.onnx"
                 save_onnx(model, path)
                 start = time.perf_counter()
-                score = scorer.score(path)
-                trace.append({"candidate": text, "score": round(score, 5), "loss_pt": scorer.loss_pt(score), "seconds": round(time.perf_counter() - start, 2)})
-        best = max(trace, key=lambda row: row["score"])  # max keeps the first of equal scores
-        self.tuning_record(graph)["ranges"] = {"metric": scorer.description, "candidates": trace, "chosen": best["candidate"]}
+                (score,), folds = scorer.score_folds(path, q.tuning.folds)
+                trace.append({"candidate": text, "score": round(score, 5), "loss_pt": scorer.loss_pt(score), "fold_scores": [round(f, 5) for f in folds],
+                              "seconds": round(time.perf_counter() - start, 2)})
+        best = choose_candidate(trace, q.tuning.min_evidence)
+        self.tuning_record(graph)["ranges"] = {"metric": scorer.description, "candidates": trace, "chosen": best["candidate"],
+                                               "rule": f"the first candidate unless another scores higher by at least {q.tuning.min_evidence} "
+                                                       f"standard errors of its paired gain over {q.tuning.folds} folds of the tuning images"}
         progress.log(f"ranges: {best['candidate']} (tuning loss {best['loss_pt']:.2f} pt; " +
                      ", ".join(f"{r['candidate']} {r['loss_pt']:.2f}" for r in trace if r is not best) + ")")
         return parse_candidate(best["candidate"])
@@ -411,6 +414,69 @@ class Job:
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
         self.timings["total"] = round(time.perf_counter() - start, 3)
         return self.report(variants, ref_target)
+
+
+def choose_candidate(trace: list[dict[str, Any]], min_evidence: float) -> dict[str, Any]:
+    """The first row (the default) unless another has a higher score and a paired fold gain over the first of at
+    least ``min_evidence`` standard errors; of those, the highest score. Each row gets its ``gain_se`` (gain / its
+    standard error; None for the first). A tuning score differing by noise never moves a setting off its default."""
+    first, eligible = trace[0], []
+    base = np.array(first["fold_scores"])
+    first["gain_se"] = None
+    for row in trace[1:]:
+        gains = np.array(row["fold_scores"]) - base
+        se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
+        row["gain_se"] = round(float(gains.mean()) / se, 2) if se > 1e-12 else None  # None: no spread (every fold gains the same)
+        sure = row["gain_se"] >= min_evidence if row["gain_se"] is not None else bool(gains.min() > 0)
+        if row["score"] > first["score"] and (min_evidence <= 0 or sure):
+            eligible.append(row)
+    return max(eligible, key=lambda row: row["score"]) if eligible else first
+
+
+def run_sensitivity(recipe: Recipe, recipe_path: str | Path, both: bool = False, latency_runs: int = 20, force: bool = False) -> dict[str, Any]:
+    """``edgekit sensitivity``: export and calibrate as ``export`` does (in a temporary folder, nothing kept), then per
+    graph the tuning loss of each quantizer group left float (and, with ``both``, quantized alone) and its measured
+    latency cost on ONNX Runtime; graph name -> ``SensitivityTable``."""
+    import tempfile
+
+    from edgekit.preflight import preflight
+    from edgekit.quantization.calibration import collect_ranges
+    from edgekit.quantization.placement import ORT_PLACEMENT, TRANSFORMER_PLACEMENT
+    from edgekit.quantization.ptq import calibration_settings, tensors_for_placements
+    from edgekit.tuning.groups import quantizer_groups
+    from edgekit.tuning.sensitivity import sensitivity
+
+    preflight(recipe, recipe_path, force)
+    q = recipe.quantization
+    if q is None:
+        raise EdgekitError("the recipe has no quantization section: nothing to analyse", recipe_path, "add quantization.calibration")
+    tables: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
+        job = Job(recipe, Path(recipe_path), Path(tmp))
+        job.family.preflight()
+        with job.timer("load"):
+            job.family.load()
+        for spec in job.family.graphs():
+            job.prepare(job.export(spec))
+        for graph in job.graphs.values():
+            if graph.calibration is None:
+                continue
+            placement = ORT_PLACEMENT if graph.kind == "cnn" else TRANSFORMER_PLACEMENT
+            fp32 = load_onnx(graph.fp32)
+            tensors = tensors_for_placements(fp32, [placement], graph.float_nodes, graph.float_ops)
+            method, percentile = q.method, q.percentile
+            if method == "auto":
+                with job.timer(job._label(graph.name, "tune ranges")):
+                    method, percentile = job.choose_ranges(graph, fp32, tensors, placement)
+            feeds = graph.calibration
+            calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, job.run.threads, progress.track)
+            settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+            groups = quantizer_groups(fp32, placement, graph.float_nodes, graph.float_ops)
+            with job.timer(job._label(graph.name, "sensitivity")):
+                tables[graph.name] = sensitivity(fp32, placement, calib.ranges, graph.float_nodes, graph.float_ops, settings, job.tuning_scorer(graph),
+                                                 groups, Path(tmp), threads=job.run.threads, latency_runs=latency_runs, progress=progress.track,
+                                                 quantized_only=both)
+    return tables
 
 
 def run_recipe(recipe: Recipe, recipe_path: str | Path, out: str | Path, overwrite: bool = False, force: bool = False) -> Report:

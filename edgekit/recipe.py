@@ -94,7 +94,10 @@ class TuningSpec(_Strict):
     images: PathText | None = Field(None, description="folder of tuning images (default: the calibration images)")
     count: int | None = Field(None, ge=1, description="number of tuning images, the first N by name (default: the calibration count)")
     candidates: list[str] = Field(list(DEFAULT_RANGE_CANDIDATES), min_length=1,
-                                  description="range methods `method: auto` tries: minmax, entropy, mse, percentile:P")
+                                  description="range methods `method: auto` tries (the first is the default): minmax, entropy, mse, percentile:P")
+    folds: int = Field(5, ge=2, le=50, description="interleaved folds of the tuning images over which a candidate's gain is paired")
+    min_evidence: float = Field(2.0, ge=0, description="a candidate replaces the first only when its paired gain is at least this many "
+                                "standard errors (0: the best score wins)")
 
     @field_validator("candidates")
     @classmethod

@@ -12,6 +12,7 @@ import pytest
 from conftest import ANNOTATIONS, COCO, edgekit
 from faults.tiny import assert_one_line_error, tiny_recipe
 
+from edgekit.job import choose_candidate
 from edgekit.quantization.calibration import collect_candidates, collect_ranges, parse_candidate
 
 
@@ -21,6 +22,21 @@ def test_parse_candidate() -> None:
     for bad in ("kl", "percentile:40", "mse:3", "percentile:x"):
         with pytest.raises(ValueError):
             parse_candidate(bad)
+
+
+def test_a_candidate_replaces_the_default_only_on_evidence() -> None:
+    def rows(*folds):
+        return [{"candidate": str(i), "score": float(sum(f) / len(f)), "fold_scores": list(f)} for i, f in enumerate(folds)]
+
+    default = (0.90, 0.91, 0.92, 0.93, 0.94)
+    noisy = (0.99, 0.85, 0.97, 0.88, 0.96)  # higher mean, gain within noise
+    steady = (0.93, 0.94, 0.95, 0.96, 0.97)  # +0.03 on every fold
+    assert choose_candidate(rows(default, noisy), 2.0)["candidate"] == "0"
+    assert choose_candidate(rows(default, noisy), 0.0)["candidate"] == "1"  # min_evidence 0: the best score wins
+    trace = rows(default, noisy, steady)
+    assert choose_candidate(trace, 2.0)["candidate"] == "2" and trace[0]["gain_se"] is None and trace[1]["gain_se"] < 2.0
+    worse = tuple(f - 0.01 for f in default)
+    assert choose_candidate(rows(default, worse), 0.0)["candidate"] == "0"
 
 
 def test_recipe_refuses_an_unknown_candidate(tmp_path) -> None:
@@ -72,7 +88,9 @@ def test_auto_chooses_the_best_tuning_score_and_reports_both_sets(auto_run) -> N
     scores = {c["candidate"]: c["score"] for c in ranges["candidates"]}
     assert list(scores) == ["percentile:99.99", "percentile:99.999", "mse", "minmax"]
     assert all(0.0 < s < 1.0 for s in scores.values()) and len(set(scores.values())) > 1  # real int8 error, candidates differ
-    assert ranges["chosen"] == max(scores, key=scores.get)
+    for c in ranges["candidates"]:
+        assert len(c["fold_scores"]) == 5 and min(c["fold_scores"]) <= c["score"] <= max(c["fold_scores"])
+    assert ranges["chosen"] == choose_candidate([dict(c) for c in ranges["candidates"]], 2.0)["candidate"]
     method, pct = parse_candidate(ranges["chosen"])
     int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
     q = int8["manifest"]["settings"]["quantization"]

@@ -252,8 +252,10 @@ def tuning_lines(report: Report) -> list[str]:
         if "ranges" in record:
             r = record["ranges"]
             rows = [[row["candidate"] + (" **(chosen)**" if row["candidate"] == r["chosen"] else ""), f"{row['score']:.4f}",
-                     f"{row['loss_pt']:.2f}", f"{row['seconds']:.1f}"] for row in r["candidates"]]
-            lines += [f"### Range method{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "s"], rows), ""]
+                     f"{row['loss_pt']:.2f}", _num(row.get("gain_se"), ".2f"), f"{row['seconds']:.1f}"] for row in r["candidates"]]
+            lines += [f"### Range method{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
+            if r.get("rule"):
+                lines += [f"Rule: {r['rule']}.", ""]
         if "search" in record:
             sr = record["search"]
             rows = [[", ".join(c.get("float_groups", [])) or "(all int8)", _num(c.get("loss_pt"), ".2f"), _num(c.get("latency_ms"), ".2f"),

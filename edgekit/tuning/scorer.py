@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.tuning.proxy import DEFAULT_PSEUDO_CONF, output_cosine, pseudo_map
+from edgekit.tuning.proxy import (
+    DEFAULT_PSEUDO_CONF,
+    coco_from_dict,
+    map_by_subset,
+    output_cosine,
+    pseudo_ground_truth,
+    pseudo_map,
+)
 
 Feed = dict[str, np.ndarray]
 
@@ -50,6 +57,11 @@ class TuningScorer(abc.ABC):
 
     def score(self, candidate: str | Path | Any) -> float:
         """Score of the candidate (an ONNX path, or an already loaded runner): 1.0 = FP32's outputs."""
+        return self.score_folds(candidate, 1)[0][0]
+
+    def score_folds(self, candidate: str | Path | Any, folds: int) -> tuple[list[float], list[float]]:
+        """(score on all samples, scores on ``folds`` interleaved folds of them: samples i, i + folds, ...). The fold
+        scores of two candidates are paired (same samples), so their differences measure how sure a ranking is."""
         start = time.perf_counter()
         try:
             if self._reference is None:
@@ -60,10 +72,14 @@ class TuningScorer(abc.ABC):
                     runner.close()
             runner = ort_runner(candidate, self.threads) if isinstance(candidate, str | Path) else candidate
             try:
-                return float(self.compare(self._reference, self.collect(runner)))
+                collected = self.collect(runner)
             finally:
                 if runner is not candidate:
                     runner.close()
+            n = len(self.samples)
+            parts = [list(range(k, n, folds)) for k in range(folds)] if folds > 1 else []
+            scores = self.compare_subsets(self._reference, collected, [list(range(n)), *parts])
+            return [float(scores[0])], [float(x) for x in scores[1:]]
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -77,8 +93,8 @@ class TuningScorer(abc.ABC):
         """What one model gives on the tuning samples (detections, outputs...)."""
 
     @abc.abstractmethod
-    def compare(self, reference: Any, candidate: Any) -> float:
-        """The score of ``candidate``'s collected outputs against the reference's."""
+    def compare_subsets(self, reference: Any, candidate: Any, subsets: list[list[int]]) -> list[float]:
+        """The score of ``candidate``'s collected outputs against the reference's on each subset of sample indices."""
 
 
 class OutputCosineScorer(TuningScorer):
@@ -93,8 +109,9 @@ class OutputCosineScorer(TuningScorer):
     def collect(self, runner) -> list[Feed]:
         return [runner.infer(self.transform(s)) for s in self.samples]
 
-    def compare(self, reference: list[Feed], candidate: list[Feed]) -> float:
-        return float(np.mean([output_cosine(r, c) for r, c in zip(reference, candidate)]))
+    def compare_subsets(self, reference: list[Feed], candidate: list[Feed], subsets: list[list[int]]) -> list[float]:
+        cosines = np.array([output_cosine(r, c) for r, c in zip(reference, candidate)])
+        return [float(cosines[idx].mean()) for idx in subsets]
 
 
 class DetectionScorer(TuningScorer):
@@ -122,8 +139,12 @@ class DetectionScorer(TuningScorer):
             dets.extend(to_coco(prediction, image_id, _Identity()))
         return dets
 
-    def compare(self, reference: list[dict], candidate: list[dict]) -> float:
-        return pseudo_map(reference, candidate, self.sizes, self.conf)
+    def compare_subsets(self, reference: list[dict], candidate: list[dict], subsets: list[list[int]]) -> list[float]:
+        truth = pseudo_ground_truth(reference, self.sizes, self.conf)
+        if not truth["annotations"]:
+            return [pseudo_map(reference, candidate, self.sizes, self.conf)] * len(subsets)  # raises, naming the threshold
+        maps = map_by_subset(coco_from_dict(truth), candidate, {str(k): ids for k, ids in enumerate(subsets)})
+        return [maps[str(k)]["mAP50-95"] for k in range(len(subsets))]
 
 
 class _Identity:

@@ -14,8 +14,8 @@ Latency cost, ``method``:
   ``<tensor>_QuantizeLinear`` after the producer of the tensor), the group's cost is its float kernels' median time
   minus its int8 kernels' median time. It leaves out the Q/DQ a float island adds at its borders in a mixed graph.
   A group with no mapped kernel in either profile falls back to ``measured``.
-* ``measured``: the "this group float" candidate's median latency minus the all-int8 median, both timed in one
-  interleaved run (one candidate build and session per group: slow, but no mapping).
+* ``measured``: the "this group float" candidate's latency minus the all-int8 one, the median of per-round
+  differences of one interleaved run (one candidate build and session per group: slow, but no mapping).
 
 Candidates are written under ``workdir`` and deleted once scored. Losses are deterministic (same graph, same
 tuning samples, same ORT threads); latencies are measurements.
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.quantization.placement import Placement
+from edgekit.quantization.placement import Placement, quantized_nodes
 from edgekit.quantization.ptq import place
 from edgekit.tuning.groups import Group, node_patterns
 from edgekit.tuning.scorer import TuningScorer
@@ -62,12 +62,23 @@ def load_runner(path: Path, threads: int):
     return runner
 
 
-def paired_latency(baseline, candidate, feed: dict, runs: int, warmup: int = 3) -> tuple[float, float]:
-    """(candidate median, baseline median) in ms from one interleaved run: their difference cancels machine drift."""
-    from edgekit.profiling.latency import measure_latency_interleaved
-
-    stats = measure_latency_interleaved({"baseline": (baseline, feed), "candidate": (candidate, feed)}, warmup, runs, settle=1)
-    return stats["candidate"].median, stats["baseline"].median
+def paired_latency(baseline, candidate, feed: dict, runs: int, warmup: int = 3) -> tuple[float, float, float]:
+    """(candidate median, baseline median, median of the per-round differences) in ms. Each round times both (one
+    untimed settling call before each timed one, the order alternating), so the paired difference cancels the drift
+    of a shared machine far better than a difference of two medians."""
+    for runner in (baseline, candidate):
+        for _ in range(warmup):
+            runner.infer(feed)
+    base, cand = [], []
+    for i in range(max(runs, 1)):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            runner = candidate if which else baseline
+            runner.infer(feed)
+            t0 = time.perf_counter()
+            runner.infer(feed)
+            (cand if which else base).append((time.perf_counter() - t0) * 1000.0)
+    diffs = [c - b for c, b in zip(cand, base)]
+    return statistics.median(cand), statistics.median(base), statistics.median(diffs)
 
 
 class Candidates:
@@ -84,6 +95,7 @@ class Candidates:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.feed = feed if feed is not None else latency_feed(scorer)
         self.losses: dict[tuple[str, ...], float] = {}
+        self.quantized = [n.name for n in quantized_nodes(model, placement, self.float_nodes, self.float_ops)]
 
     def key(self, names: Sequence[str]) -> tuple[str, ...]:
         """Float group names in graph order (one key per set)."""
@@ -94,13 +106,29 @@ class Candidates:
         """The ``float_nodes`` patterns that leave these groups float (on top of the caller's)."""
         return node_patterns([n for name in self.key(names) for n in self.by_name[name].nodes])
 
-    def build(self, names: Sequence[str]) -> Path:
-        """Write the candidate with ``names`` float under ``workdir`` and return its path."""
+    def build(self, names: Sequence[str], only: bool = False) -> Path:
+        """Write the candidate with ``names`` float (``only``: with every quantized node *except* those groups' float)
+        under ``workdir`` and return its path."""
         key = self.key(names)
-        qdq, _ = place(self.model, self.placement, self.ranges, self.float_nodes + self.patterns(key), self.float_ops, self.calibration)
-        path = self.workdir / f"candidate_{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.onnx"
+        if only:
+            keep = {n for name in key for n in self.by_name[name].nodes}
+            extra = node_patterns([n for n in self.quantized if n not in keep])
+        else:
+            extra = self.patterns(key)
+        qdq, _ = place(self.model, self.placement, self.ranges, self.float_nodes + extra, self.float_ops, self.calibration)
+        tag = hashlib.sha256(json.dumps([only, key]).encode()).hexdigest()[:16]
+        path = self.workdir / f"candidate_{tag}.onnx"
         onnx.save(qdq, str(path))
         return path
+
+    def loss_only(self, names: Sequence[str]) -> float:
+        """Tuning loss (points) with only these groups int8 and every other quantized node float."""
+        path = self.build(names, only=True)
+        runner = load_runner(path, self.threads)
+        try:
+            return self.scorer.loss_pt(self.scorer.score(runner))
+        finally:
+            self.close(runner, path)
 
     def open(self, names: Sequence[str]):
         """(loaded ORT runner, path) of a freshly built candidate; call :meth:`close` when done."""
@@ -290,7 +318,7 @@ def sensitivity(
         baseline_loss = cands.loss((), base)
         full, full_path = cands.open(all_names)
         try:
-            float_ms, base_ms = paired_latency(base, full, cands.feed, latency_runs)
+            float_ms, base_ms, _ = paired_latency(base, full, cands.feed, latency_runs)
         finally:
             cands.close(full, full_path)
         costs, coverage = profile_costs(cands, latency_runs) if latency == "profile" else ({}, None)
@@ -304,24 +332,23 @@ def sensitivity(
                 notes.append(f"time limit {time_limit_s:g} s reached after {len(rows)} of {len(cands.groups)} groups")
                 break
             g = cands.groups[i]
-            rows.append(_row(cands, g, base, costs.get(g.name), latency_runs, quantized_only, all_names))
+            rows.append(_row(cands, g, base, costs.get(g.name), latency_runs, quantized_only))
     finally:
         cands.close(base, base_path)
     return SensitivityTable(rows, baseline_loss, round(base_ms, 3), round(float_ms, 3), latency, scorer.description,
                             round(time.perf_counter() - start, 1), coverage, len(rows) == len(cands.groups), notes)
 
 
-def _row(cands: Candidates, g: Group, base, profiled: float | None, runs: int, quantized_only: bool, all_names: list[str]) -> SensitivityRow:
+def _row(cands: Candidates, g: Group, base, profiled: float | None, runs: int, quantized_only: bool) -> SensitivityRow:
     runner, path = cands.open((g.name,))
     try:
         loss_float = cands.loss((g.name,), runner)
         method, cost = "profile", profiled
         if cost is None:
-            cand_ms, base_ms = paired_latency(base, runner, cands.feed, runs)
-            method, cost = "measured", round(cand_ms - base_ms, 4)
+            method, cost = "measured", round(paired_latency(base, runner, cands.feed, runs)[2], 4)
     finally:
         cands.close(runner, path)
-    loss_q = cands.loss([n for n in all_names if n != g.name]) if quantized_only else None
+    loss_q = cands.loss_only((g.name,)) if quantized_only else None
     return SensitivityRow(g.name, g.kind, len(g.nodes), loss_float, loss_q, cost, method)
 
 

@@ -1,0 +1,265 @@
+"""Budget search: the fastest set of quantizer groups left float whose tuning loss stays within a budget.
+
+Every candidate is built, scored on the tuning samples (label-free, :class:`TuningScorer`) and its latency
+*measured*: ONNX Runtime median over ``latency_runs`` calls, interleaved with the all-int8 baseline in the same
+loop, so ``delta_ms`` (candidate minus baseline) cancels machine drift and candidates are compared by it. Steps,
+each stopped by the time limit (the baseline is always evaluated; no candidate starts once ``time_limit_s`` is
+spent):
+
+1. the all-int8 baseline;
+2. *free wins*: the groups whose int8 form is clearly slower than float (sensitivity ``latency_cost_ms`` below
+   -0.5% of the int8 latency, e.g. ORT's QLinearConv on 3 input channels), together, then the most negative alone;
+   kept when measured faster;
+3. *greedy*: while over budget, groups ranked by loss recovered per ms of latency cost (the sensitivity table's
+   float-only part, computed here if not given), then the rest (so "all float" stays reachable); the shortest
+   ranked prefix that meets the budget is found by doubling then bisection (the additive estimate of the
+   recoveries only picks the first prefix to try);
+4. *prune*: dropping chosen groups one at a time (cheapest recovery per ms first), kept when still within budget
+   and measured faster.
+
+The answer is the fastest measured candidate within ``max_loss_pt - margin_pt``; when none is, the lowest-loss
+candidate with ``met=False`` (never an exception).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.quantization.placement import Placement
+from edgekit.tuning.groups import Group
+from edgekit.tuning.scorer import TuningScorer
+from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, paired_latency
+from edgekit.tuning.sensitivity import sensitivity as sensitivity_table
+
+FREE_WIN_SHARE = 0.005  # a group counts as faster float when its cost is below -0.5% of the all-int8 latency
+MIN_COST_MS = 0.01  # a recovery per ms with a cost at or below zero ranks as if it cost this much
+
+
+@dataclass
+class Trial:
+    float_groups: tuple[str, ...]
+    loss_pt: float
+    latency_ms: float  # candidate median
+    baseline_ms: float  # baseline median in the same interleaved run
+    delta_ms: float  # median per-round difference to the baseline (paired): what candidates are compared by
+    met: bool
+    seconds: float
+    step: str
+
+
+@dataclass
+class SearchResult:
+    float_groups: list[str]
+    float_nodes: list[str]  # node-name patterns to add to the recipe's float_nodes
+    loss_pt: float
+    latency_ms: float
+    delta_ms: float
+    met: bool
+    baseline_loss_pt: float
+    baseline_latency_ms: float
+    max_loss_pt: float
+    margin_pt: float
+    trace: list[Trial]
+    seconds: float
+    stopped: str  # "done" or "time limit"
+    sensitivity_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def target_pt(self) -> float:
+        return self.max_loss_pt - self.margin_pt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "target_pt": self.target_pt}
+
+    def render(self):
+        """A rich Table of the trace, the chosen candidate marked."""
+        from rich.table import Table
+
+        table = Table(title=f"budget search: loss <= {self.target_pt:.2f} pt ({'met' if self.met else 'NOT met'}); chosen "
+                            f"{len(self.float_groups)} float groups, loss {self.loss_pt:.2f} pt, {self.delta_ms:+.2f} ms vs all-int8 "
+                            f"({self.baseline_loss_pt:.2f} pt, {self.baseline_latency_ms:.1f} ms); {self.seconds:.0f} s, {self.stopped}")
+        for col in ("#", "step", "float groups", "loss pt", "latency ms", "vs int8 ms", "meets", "s", ""):
+            table.add_column(col, justify="left" if col in ("step", "float groups", "") else "right")
+        chosen = tuple(self.float_groups)
+        for i, t in enumerate(self.trace):
+            groups = ", ".join(t.float_groups) if len(t.float_groups) <= 4 else f"{len(t.float_groups)}: {', '.join(t.float_groups[:3])}, ..."
+            table.add_row(str(i), t.step, groups or "(none)", f"{t.loss_pt:.2f}", f"{t.latency_ms:.2f}", f"{t.delta_ms:+.2f}",
+                          "yes" if t.met else "no", f"{t.seconds:.1f}", "<- chosen" if t.float_groups == chosen else "")
+        return table
+
+
+class _Search:
+    """The state of one search: candidates, the loaded baseline runner, the trace and the clock."""
+
+    def __init__(self, cands: Candidates, target: float, runs: int, limit: float, start: float) -> None:
+        self.cands, self.target, self.runs, self.limit, self.start = cands, target, runs, limit, start
+        self.trace: list[Trial] = []
+        self.tried: dict[tuple[str, ...], Trial] = {}
+        self.base = self.base_path = None
+        self.last_cost = 0.0
+        self.hit_limit = False
+
+    def out_of_time(self) -> bool:
+        """True once the limit is spent, or would be by one more candidate costing what the last one did."""
+        over = time.perf_counter() - self.start + self.last_cost > self.limit
+        self.hit_limit |= over
+        return over
+
+    def evaluate(self, names: Sequence[str], step: str, force: bool = False) -> Trial | None:
+        """Build, score and time one candidate (None when the time limit forbids it)."""
+        key = self.cands.key(names)
+        if key in self.tried:
+            return self.tried[key]
+        if not force and self.out_of_time():
+            return None
+        t0 = time.perf_counter()
+        if not key:
+            self.base, self.base_path = self.cands.open(())
+            loss = self.cands.loss((), self.base)
+            _, base_ms, _ = paired_latency(self.base, self.base, self.cands.feed, self.runs)
+            trial = Trial((), loss, round(base_ms, 3), round(base_ms, 3), 0.0, loss <= self.target, 0.0, step)
+        else:
+            runner, path = self.cands.open(key)
+            try:
+                loss = self.cands.loss(key, runner)
+                ms, base_ms, delta = paired_latency(self.base, runner, self.cands.feed, self.runs)
+            finally:
+                self.cands.close(runner, path)
+            trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step)
+        trial.seconds = round(time.perf_counter() - t0, 2)
+        self.last_cost = trial.seconds
+        self.trace.append(trial)
+        self.tried[key] = trial
+        return trial
+
+    def best(self) -> Trial:
+        met = [t for t in self.trace if t.met]
+        return min(met, key=lambda t: t.delta_ms) if met else min(self.trace, key=lambda t: (t.loss_pt, t.delta_ms))
+
+
+def _ranked(table: SensitivityTable, exclude: set[str]) -> list[str]:
+    """Every ranked group: first those that recover loss when float, by recovery per ms of latency cost (largest
+    first); then the rest, most sensitive in isolation first (``loss_quantized_only_pt`` where computed, else the
+    least harmful recovery). Single-group recoveries are noisy on few tuning samples, so the tail keeps "everything
+    float" reachable: any budget >= 0 is met by some prefix."""
+    base = table.baseline_loss_pt
+    rows = [r for r in table.rows if r.group not in exclude and r.loss_float_only_pt is not None]
+    gain = [r for r in rows if r.recovered_pt(base) > 0]
+    ratio = lambda r: r.recovered_pt(base) / max(r.latency_cost_ms or 0.0, MIN_COST_MS)  # noqa: E731
+    rest = [r for r in rows if r.recovered_pt(base) <= 0]
+    rest_key = lambda r: (-(r.loss_quantized_only_pt or 0.0), -r.recovered_pt(base))  # noqa: E731
+    return [r.group for r in sorted(gain, key=lambda r: -ratio(r))] + [r.group for r in sorted(rest, key=rest_key)]
+
+
+def _free_wins(s: _Search, table: SensitivityTable, current: tuple[str, ...]) -> tuple[str, ...]:
+    """Groups clearly faster float (cost below -FREE_WIN_SHARE of the int8 latency: tiny costs are profiler noise)."""
+    cut = -FREE_WIN_SHARE * table.baseline_latency_ms
+    faster = [r.group for r in sorted(table.rows, key=lambda r: r.latency_cost_ms or 0.0) if (r.latency_cost_ms or 0.0) < cut]
+    for names in ([*faster], faster[:1]) if len(faster) > 1 else ([*faster],):
+        if not names:
+            break
+        t = s.evaluate(names, "float is faster")
+        if t is not None and t.delta_ms < 0 and (t.met or t.loss_pt <= s.tried[current].loss_pt):
+            return t.float_groups
+    return current
+
+
+def _greedy(s: _Search, table: SensitivityTable, current: tuple[str, ...]) -> tuple[str, ...]:
+    """The shortest prefix of the ranking (on top of ``current``) that meets the budget: doubling, then bisection."""
+    ranked = _ranked(table, set(current))
+    if not ranked:
+        return current
+    need = s.tried[current].loss_pt - s.target
+    gains = np.cumsum([max(table.row(g).recovered_pt(table.baseline_loss_pt), 0.0) for g in ranked])
+    k = int(min(np.searchsorted(gains, need) + 1, len(ranked)))
+    lo, hi = 0, None  # lo: longest prefix known not to meet; hi: shortest known to meet
+    while hi is None:
+        t = s.evaluate([*current, *ranked[:k]], f"greedy top {k}")
+        if t is None:
+            return current
+        if t.met:
+            hi = k
+        else:
+            lo = k
+            if k == len(ranked):
+                return t.float_groups  # nothing in the ranking meets: the closest try
+            k = min(2 * k, len(ranked))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        t = s.evaluate([*current, *ranked[:mid]], f"bisect top {mid}")
+        if t is None:
+            break
+        lo, hi = (lo, mid) if t.met else (mid, hi)
+    return s.cands.key([*current, *ranked[:hi]])
+
+
+def _prune(s: _Search, table: SensitivityTable, chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop chosen groups one at a time (least recovery per ms first) while the budget holds and it gets faster."""
+    order = list(reversed(_ranked(table, set())))  # least useful first
+    for g in [g for g in order if g in chosen] + [g for g in chosen if g not in order]:
+        if s.out_of_time():
+            break
+        trial = s.evaluate([n for n in chosen if n != g], f"drop {g}")
+        if trial is not None and trial.met and trial.delta_ms < s.tried[chosen].delta_ms:
+            chosen = trial.float_groups
+    return chosen
+
+
+def search(
+    model: onnx.ModelProto,
+    placement: Placement,
+    ranges: dict,
+    float_nodes: list[str],
+    float_ops: list[str],
+    calibration: dict,
+    scorer: TuningScorer,
+    groups: Sequence[Group],
+    max_loss_pt: float,
+    workdir: str | Path,
+    threads: int = 2,
+    margin_pt: float = 0.0,
+    time_limit_s: float = 300,
+    sensitivity: SensitivityTable | None = None,
+    latency_runs: int = 20,
+    progress: Progress | None = None,
+    feed: dict[str, np.ndarray] | None = None,
+) -> SearchResult:
+    """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``."""
+    start = time.perf_counter()
+    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed)
+    s = _Search(cands, max_loss_pt - margin_pt, latency_runs, time_limit_s, start)
+    notes: list[str] = []
+    sens_s = 0.0
+    try:
+        s.evaluate((), "all int8", force=True)
+        if sensitivity is None and not s.out_of_time():
+            left = max(time_limit_s - (time.perf_counter() - start), 0.0)
+            sensitivity = sensitivity_table(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir,
+                                            threads, latency_runs, progress, quantized_only=False, time_limit_s=left, feed=cands.feed)
+            sens_s = sensitivity.seconds
+            if not sensitivity.complete:
+                notes.append(f"sensitivity incomplete: {len(sensitivity.rows)} of {len(cands.groups)} groups ranked")
+        if sensitivity is not None:
+            current = _free_wins(s, sensitivity, ())
+            if not s.tried[current].met:
+                current = _greedy(s, sensitivity, current)
+            best = s.best()
+            if best.met and best.float_groups:
+                _prune(s, sensitivity, best.float_groups)
+    finally:
+        if s.base is not None:
+            cands.close(s.base, s.base_path)
+    best = s.best()
+    base = s.trace[0]
+    stopped = "time limit" if s.hit_limit or (sensitivity is not None and not sensitivity.complete) else "done"
+    return SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
+                        base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
+                        sens_s, notes)
