@@ -150,6 +150,9 @@ class Job:
                 fp32, feeds.items, preprocess=feeds.transform, method=method, percentile=percentile, per_channel=q.per_channel,
                 float_nodes=graph.float_nodes, float_ops=graph.float_ops, threads=self.run.threads, progress=progress.track, also_calibrate=tensors,
             )
+        if q.bias_correction:
+            with self.timer(self._label(graph.name, "bias correction")):
+                self.bias_correct(graph, fp32, result)
         path = self.stage / f"{graph.name}_int8.onnx"
         spec_settings = result.spec.settings
         save_onnx(result.model, path, {"edgekit_version": edgekit.__version__, "precision": "int8", "quantization": json.dumps(spec_settings, sort_keys=True)})
@@ -160,6 +163,42 @@ class Job:
         graph.ranges = dict(result.calibration.ranges)
         graph.spec_tensors = frozenset(result.spec.activations)
         graph.int8 = "static"
+
+    def bias_correct(self, graph: Graph, fp32, result) -> None:
+        """``quantization.bias_correction``: ORT's Q/DQ model placed again from the bias-corrected FP32 graph
+        (``edgekit.quantization.bias_correction``); ``auto`` keeps it only on evidence on the tuning images (the rule of
+        ``method: auto``). Other placements (TensorRT) read the uncorrected graph."""
+        import tempfile
+
+        from edgekit.quantization.bias_correction import correct_biases
+        from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes
+        from edgekit.quantization.ptq import place
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        nodes = quantized_nodes(fp32, ORT_PLACEMENT, graph.float_nodes, graph.float_ops)
+        items = list(feeds.items)[: q.bias_correction_samples]
+        corrected, info = correct_biases(fp32, result.spec, nodes, items, feeds.transform, self.run.threads, progress.track)
+        model, spec = place(corrected, ORT_PLACEMENT, result.calibration.ranges, graph.float_nodes, graph.float_ops, result.spec.settings)
+        keep = True
+        if q.bias_correction == "auto":
+            scorer = self.tuning_scorer(graph)
+            trace = []
+            with tempfile.TemporaryDirectory(dir=self.stage, prefix=".tune-") as tmp:
+                for label, candidate in (("without", result.model), ("with", model)):
+                    path = Path(tmp) / "candidate.onnx"
+                    save_onnx(candidate, path)
+                    start = time.perf_counter()
+                    (score,), folds = scorer.score_folds(path, q.tuning.folds)
+                    trace.append({"candidate": label, "score": round(score, 5), "loss_pt": scorer.loss_pt(score),
+                                  "fold_scores": [round(f, 5) for f in folds], "seconds": round(time.perf_counter() - start, 2)})
+            keep = choose_candidate(trace, q.tuning.min_evidence)["candidate"] == "with"
+            self.tuning_record(graph)["bias_correction"] = {"metric": scorer.description, "candidates": trace, "chosen": "with" if keep else "without"}
+            progress.log(f"bias correction: {'kept' if keep else 'dropped'} (tuning loss {trace[0]['loss_pt']:.2f} -> {trace[1]['loss_pt']:.2f} pt)")
+        if keep:
+            spec.settings = {**spec.settings, "bias_correction": info}
+            result.model, result.spec = model, spec
+        else:
+            result.spec.settings = {**result.spec.settings, "bias_correction": "off (no evidence on the tuning images)"}
 
     def tuning_record(self, graph: Graph) -> dict[str, Any]:
         """The report's tuning entry of ``graph`` (created on first use): which images chose its settings, how scored."""

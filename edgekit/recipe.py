@@ -127,6 +127,9 @@ class QuantizationSpec(_Strict):
         "percentile", description="activation ranges: minmax, percentile (both tails at `percentile`), entropy (KL, "
         "TensorRT-style upper clip), mse (per tensor, the clip of least expected int8 quantization error on the calibration data), "
         "auto (each of `tuning.candidates` scored label-free on the tuning images; the best serves every placement)")
+    bias_correction: bool | Literal["auto"] = Field(False, description="correct each quantized conv's bias for the mean shift its int8 "
+                                                   "weights and input add (ONNX Runtime's Q/DQ; auto: kept only on evidence on the tuning images)")
+    bias_correction_samples: int = Field(32, ge=1, description="calibration samples the mean shifts are measured on")
     tuning: TuningSpec = Field(default_factory=TuningSpec)
     search: SearchSpec | None = Field(None, description="budget-driven mixed precision on ONNX Runtime's placement (edgekit.tuning.search)")
     percentile: float = Field(99.99, gt=50, le=100)

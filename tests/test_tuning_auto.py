@@ -127,3 +127,39 @@ def test_an_evaluation_image_among_calibration_or_tuning_images_is_refused(tmp_p
     recipe = tiny_recipe(tmp_path, **key)
     assert_one_line_error(edgekit("export", recipe, "--out", tmp_path / "out"), "are also evaluation images", "zz_renamed_copy.jpg")
     assert not (tmp_path / "out").exists()
+
+
+def test_bias_correction_removes_the_first_convs_mean_shift(yolo, fp32_onnx, calib_images) -> None:
+    """On real YOLOv5n: the first conv sees only its own int8 error, so its output's per-channel mean shift (Q/DQ vs
+    FP32, measured on other calibration images than the correction used) must shrink; the result is deterministic."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekit.onnx_io import load_onnx
+    from edgekit.quantization.bias_correction import correct_biases
+    from edgekit.quantization.calibration import observe_model
+    from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes
+    from edgekit.quantization.ptq import calibration_settings, place, tensors_for_placements
+
+    family, _ = yolo
+    model = load_onnx(fp32_onnx)
+    prep = lambda p: family.preprocess(p)[0]  # noqa: E731
+    tensors = tensors_for_placements(model, [ORT_PLACEMENT], [], [])
+    calib = collect_ranges(model, tensors, calib_images[:8], prep, "percentile", 99.99)
+    settings = calibration_settings("percentile", 99.99, True, 8, calib.key)
+    qdq, spec = place(model, ORT_PLACEMENT, calib.ranges, [], [], settings)
+    nodes = quantized_nodes(model, ORT_PLACEMENT, [], [])
+    corrected, info = correct_biases(model, spec, nodes, calib_images[:8], prep)
+    assert info["layers"] > 50 and 0 < info["mean_abs_shift"] < info["max_abs_shift"]
+    again, _ = correct_biases(model, spec, nodes, calib_images[:8], prep)
+    assert again.SerializeToString(deterministic=True) == corrected.SerializeToString(deterministic=True)
+    qdq_bc, _ = place(corrected, ORT_PLACEMENT, calib.ranges, [], [], settings)
+    first = next(n for n in model.graph.node if n.op_type == "Conv").output[0]
+
+    def channel_mean(m) -> np.ndarray:
+        session = ort.InferenceSession(observe_model(m, [first]), providers=["CPUExecutionProvider"])
+        return np.mean([session.run([first], prep(p))[0].mean(axis=(0, 2, 3)) for p in calib_images[40:48]], axis=0)
+
+    reference = channel_mean(model)
+    before, after = np.abs(channel_mean(qdq) - reference).mean(), np.abs(channel_mean(qdq_bc) - reference).mean()
+    assert after < 0.5 * before, (before, after)

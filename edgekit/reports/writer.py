@@ -249,11 +249,13 @@ def tuning_lines(report: Report) -> list[str]:
              "never used for a choice" + (f" (disjoint by {sets['disjoint_by']})" if sets.get("disjoint_by") else ""), ""]
     for graph, record in t.get("graphs", {}).items():
         where = "" if graph == "model" else f" of `{graph}`"
-        if "ranges" in record:
-            r = record["ranges"]
+        for key, title in (("ranges", "Range method"), ("bias_correction", "Bias correction")):
+            if key not in record:
+                continue
+            r = record[key]
             rows = [[row["candidate"] + (" **(chosen)**" if row["candidate"] == r["chosen"] else ""), f"{row['score']:.4f}",
                      f"{row['loss_pt']:.2f}", _num(row.get("gain_se"), ".2f"), f"{row['seconds']:.1f}"] for row in r["candidates"]]
-            lines += [f"### Range method{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
+            lines += [f"### {title}{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
             if r.get("rule"):
                 lines += [f"Rule: {r['rule']}.", ""]
         if "search" in record:
