@@ -266,17 +266,15 @@ class Job:
         s = q.search
         calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
         settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
-        scorer = self.tuning_scorer(graph)
+        scorer = self.tuning_scorer(graph).subset(s.images)
         groups = quantizer_groups(fp32, ORT_PLACEMENT, graph.float_nodes, graph.float_ops)
         with tempfile.TemporaryDirectory(dir=self.stage, prefix=".search-") as tmp:
-            max_loss = s.max_loss_pt
-            if max_loss is None:
-                ranges = self.tuning_record(graph).get("ranges")
-                max_loss = min(r["loss_pt"] for r in ranges["candidates"]) if ranges else None
             result = search(fp32, ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings, scorer, groups,
-                            max_loss_pt=max_loss, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
+                            max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
                             time_limit_s=s.time_limit_s, latency_runs=s.latency_runs, progress=progress.track)
-        self.tuning_record(graph)["search"] = result.to_dict()
+        self.tuning_record(graph)["search"] = {**result.to_dict(), "tuning_images": len(scorer.samples)}
+        progress.log(f"search: {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), tuning loss "
+                     f"{result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
         graph.float_nodes = list(graph.float_nodes) + list(result.float_nodes)
         if graph.backend_float_nodes is not None:
             graph.backend_float_nodes = list(graph.backend_float_nodes) + list(result.float_nodes)

@@ -118,6 +118,7 @@ class SearchSpec(_Strict):
     margin_pt: float = Field(0.0, ge=0, description="safety margin subtracted from max_loss_pt")
     time_limit_s: float = Field(300, gt=0, description="wall-time limit of the search per graph")
     latency_runs: int = Field(30, ge=3, description="timed runs per candidate (median)")
+    images: int | None = Field(32, ge=1, description="tuning images each candidate is scored on (the first N; None: all)")
 
 
 class QuantizationSpec(_Strict):

@@ -163,3 +163,18 @@ def test_bias_correction_removes_the_first_convs_mean_shift(yolo, fp32_onnx, cal
     reference = channel_mean(model)
     before, after = np.abs(channel_mean(qdq) - reference).mean(), np.abs(channel_mean(qdq_bc) - reference).mean()
     assert after < 0.5 * before, (before, after)
+
+
+def test_sensitivity_command_prints_and_writes_the_table(tmp_path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    out = tmp_path / "sensitivity.json"
+    result = edgekit("sensitivity", recipe, "--top", 5, "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads(out.read_text())["model"]
+    assert len(table["rows"]) == 60  # YOLOv5n: every conv with its SiLU (adds, concats, pools joined)
+    for row in table["rows"]:
+        assert row["nodes"] and row["loss_float_only_pt"] >= 0 and row["latency_cost_ms"] is not None
+    assert "quantizer group sensitivity" in result.stdout and "model.0" in result.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name not in {"tiny.yaml", "sensitivity.json"}]  # nothing else written
+    again = edgekit("sensitivity", recipe, "--json", out)
+    assert_one_line_error(again, "exists", str(out))

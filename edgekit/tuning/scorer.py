@@ -55,6 +55,19 @@ class TuningScorer(abc.ABC):
     def description(self) -> str:
         return self.name
 
+    def subset(self, count: int | None) -> TuningScorer:
+        """The same scorer on the first ``count`` samples (its own FP32 reference): the search scores dozens of
+        candidates, so it trades some resolution for time."""
+        import copy
+
+        if count is None or count >= len(self.samples):
+            return self
+        other = copy.copy(self)
+        other.samples, other._reference, other.seconds = self.samples[:count], None, 0.0
+        if hasattr(other, "sizes"):
+            other.sizes = {}
+        return other
+
     def score(self, candidate: str | Path | Any) -> float:
         """Score of the candidate (an ONNX path, or an already loaded runner): 1.0 = FP32's outputs."""
         return self.score_folds(candidate, 1)[0][0]
