@@ -38,7 +38,7 @@ import onnx
 from edgekit.quantization.placement import Placement
 from edgekit.tuning.groups import Group
 from edgekit.tuning.scorer import TuningScorer
-from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, paired_latency
+from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, paired_latency, profile_costs
 from edgekit.tuning.sensitivity import sensitivity as sensitivity_table
 
 FREE_WIN_SHARE = 0.005  # a group counts as faster float when its cost is below -0.5% of the all-int8 latency
@@ -183,8 +183,14 @@ def _ranked(table: SensitivityTable, exclude: set[str]) -> list[str]:
 
 def _free_wins(s: _Search, table: SensitivityTable, current: tuple[str, ...]) -> tuple[str, ...]:
     """Groups clearly faster float (cost below -FREE_WIN_SHARE of the int8 latency: tiny costs are profiler noise)."""
-    cut = -FREE_WIN_SHARE * table.baseline_latency_ms
-    faster = [r.group for r in sorted(table.rows, key=lambda r: r.latency_cost_ms or 0.0) if (r.latency_cost_ms or 0.0) < cut]
+    return _free_wins_from_costs(s, {r.group: r.latency_cost_ms for r in table.rows}, table.baseline_latency_ms, current)
+
+
+def _free_wins_from_costs(s: _Search, costs: dict[str, float | None], baseline_ms: float, current: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`_free_wins` from profiled costs alone (no loss scoring): run first, so a time limit that stops the loss
+    sensitivity still leaves the groups int8 makes slower."""
+    cut = -FREE_WIN_SHARE * baseline_ms
+    faster = [g for g, c in sorted(costs.items(), key=lambda kv: kv[1] or 0.0) if (c or 0.0) < cut]
     for names in ([*faster], faster[:1]) if len(faster) > 1 else ([*faster],):
         if not names:
             break
@@ -277,6 +283,10 @@ def search(
             s.target = max_loss_pt - margin_pt
             base.met = base.loss_pt <= s.target
             notes.append(f"max_loss_pt not given: the all-int8 loss {base.loss_pt:.2f} pt")
+        early: tuple[str, ...] = ()
+        if sensitivity is None and not s.out_of_time():  # the cheap step first: profiled costs, no loss scoring
+            costs, _ = profile_costs(cands, latency_runs)
+            early = _free_wins_from_costs(s, costs, base.latency_ms, ())
         if sensitivity is None and not s.out_of_time():
             left = max(time_limit_s - (time.perf_counter() - start), 0.0)
             sensitivity = sensitivity_table(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir,
@@ -284,7 +294,9 @@ def search(
             sens_s = sensitivity.seconds
             if not sensitivity.complete:
                 notes.append(f"sensitivity incomplete: {len(sensitivity.rows)} of {len(cands.groups)} groups ranked")
-        if sensitivity is not None:
+        if sensitivity is None or not sensitivity.rows:
+            current = early
+        if sensitivity is not None and sensitivity.rows:
             current = _free_wins(s, sensitivity, ())
             if not s.tried[current].met:
                 current = _greedy(s, sensitivity, current)
