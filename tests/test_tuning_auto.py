@@ -178,3 +178,19 @@ def test_sensitivity_command_prints_and_writes_the_table(tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name not in {"tiny.yaml", "sensitivity.json"}]  # nothing else written
     again = edgekit("sensitivity", recipe, "--json", out)
     assert_one_line_error(again, "exists", str(out))
+
+
+def test_search_in_the_job_keeps_its_groups_float_and_reports_the_trace(tmp_path) -> None:
+    recipe = tiny_recipe(tmp_path, quantization__search={"time_limit_s": 60, "latency_runs": 5, "images": 8})
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    search = report["tuning"]["graphs"]["model"]["search"]
+    assert search["trace"][0]["step"] == "all int8" and search["tuning_images"] == 8
+    assert search["met"] and search["loss_pt"] <= search["max_loss_pt"] == search["baseline_loss_pt"]  # default budget: full int8's loss
+    assert search["sensitivity"]["rows"] and all(r["latency_cost_ms"] is not None for r in search["sensitivity"]["rows"])
+    spec = json.loads((run / "quant_spec.json").read_text())
+    assert set(search["float_nodes"]) <= set(spec["float_nodes"])
+    md = (run / "report.md").read_text()
+    assert "### Mixed-precision search" in md and "### Sensitivity" in md and "measured on this machine" in md

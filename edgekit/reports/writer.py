@@ -258,6 +258,14 @@ def tuning_lines(report: Report) -> list[str]:
             lines += [f"### {title}{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
             if r.get("rule"):
                 lines += [f"Rule: {r['rule']}.", ""]
+        if "search" in record and record["search"].get("sensitivity"):
+            table = record["search"]["sensitivity"]
+            ranked = sorted(table.get("rows", []), key=lambda r: -(r.get("recovered_pt") or 0.0))[:10]
+            rows = [[r["group"], r["kind"], str(r["nodes"]), _num(r.get("loss_float_only_pt"), ".2f"), _num(r.get("recovered_pt"), "+.2f"),
+                     _num(r.get("latency_cost_ms"), "+.3f"), r.get("method", "")] for r in ranked]
+            lines += [f"### Sensitivity{where}: the {len(rows)} groups whose float form recovers most tuning loss "
+                      f"(all int8 {_num(table.get('baseline_loss_pt'), '.2f')} pt, {len(table.get('rows', []))} groups ranked)", "",
+                      *_table(["group", "kind", "nodes", "loss if float pt", "recovered pt", "latency cost ms", "cost from"], rows), ""]
         if "search" in record:
             sr = record["search"]
             chosen_groups = list(sr.get("float_groups", []))

@@ -75,6 +75,7 @@ class SearchResult:
     stopped: str  # "done" or "time limit"
     sensitivity_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    sensitivity: dict[str, Any] | None = None  # the table the search ranked groups by (SensitivityTable.to_dict)
 
     @property
     def target_pt(self) -> float:
@@ -312,4 +313,4 @@ def search(
     stopped = "time limit" if s.hit_limit or (sensitivity is not None and not sensitivity.complete) else "done"
     return SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
                         base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
-                        sens_s, notes)
+                        sens_s, notes, sensitivity.to_dict() if sensitivity is not None else None)
