@@ -207,13 +207,15 @@ class Job:
         return self.tuning["graphs"].setdefault(graph.name, {})
 
     def tuning_scorer(self, graph: Graph):
-        if not hasattr(graph, "_scorer"):
+        """The family's label-free scorer of ``graph`` (made once: it computes the FP32 reference on first use)."""
+        scorers = self.__dict__.setdefault("_scorers", {})
+        if graph.name not in scorers:
             scorer = self.family.tuning_scorer(graph)
             if scorer is None:
                 raise EdgekitError(f"the {self.family.name} family has no tuning metric for its {graph.name} graph", self.recipe_path,
                                    "set quantization.method to minmax, percentile, entropy or mse")
-            graph._scorer = scorer  # type: ignore[attr-defined]
-        return graph._scorer  # type: ignore[attr-defined]
+            scorers[graph.name] = scorer
+        return scorers[graph.name]
 
     def choose_ranges(self, graph: Graph, fp32, tensors: list[str], placement=None) -> tuple[str, float]:
         """``quantization.method: auto``: every candidate range method from one observation of the calibration images,
