@@ -168,8 +168,6 @@ class Job:
         """``quantization.bias_correction``: ORT's Q/DQ model placed again from the bias-corrected FP32 graph
         (``edgekit.quantization.bias_correction``); ``auto`` keeps it only on evidence on the tuning images (the rule of
         ``method: auto``). Other placements (TensorRT) read the uncorrected graph."""
-        import tempfile
-
         from edgekit.quantization.bias_correction import correct_biases
         from edgekit.quantization.placement import ORT_PLACEMENT, quantized_nodes
         from edgekit.quantization.ptq import place
@@ -182,15 +180,7 @@ class Job:
         keep = True
         if q.bias_correction == "auto":
             scorer = self.tuning_scorer(graph)
-            trace = []
-            with tempfile.TemporaryDirectory(dir=self.stage, prefix=".tune-") as tmp:
-                for label, candidate in (("without", result.model), ("with", model)):
-                    path = Path(tmp) / "candidate.onnx"
-                    save_onnx(candidate, path)
-                    start = time.perf_counter()
-                    (score,), folds = scorer.score_folds(path, q.tuning.folds)
-                    trace.append({"candidate": label, "score": round(score, 5), "loss_pt": scorer.loss_pt(score),
-                                  "fold_scores": [round(f, 5) for f in folds], "seconds": round(time.perf_counter() - start, 2)})
+            trace = self.score_candidates(scorer, [("without", result.model), ("with", model)], 2, "tune bias correction")
             keep = choose_candidate(trace, q.tuning.min_evidence)["candidate"] == "with"
             self.tuning_record(graph)["bias_correction"] = {"metric": scorer.description, "candidates": trace, "chosen": "with" if keep else "without"}
             progress.log(f"bias correction: {'kept' if keep else 'dropped'} (tuning loss {trace[0]['loss_pt']:.2f} -> {trace[1]['loss_pt']:.2f} pt)")
@@ -199,6 +189,24 @@ class Job:
             result.model, result.spec = model, spec
         else:
             result.spec.settings = {**result.spec.settings, "bias_correction": "off (no evidence on the tuning images)"}
+
+    def score_candidates(self, scorer, candidates, count: int, label: str) -> list[dict[str, Any]]:
+        """Each ``(name, Q/DQ model)`` saved to a temporary file beside the run and scored with its fold scores: the
+        trace rows :func:`choose_candidate` decides on."""
+        import tempfile
+
+        folds, trace = self.recipe.quantization.tuning.folds, []
+        with tempfile.TemporaryDirectory(dir=self.stage, prefix=".tune-") as tmp:
+            steps, items = progress.track(f"{label} ({scorer.name}, {len(scorer.samples)} images)", count), iter(candidates)
+            for _ in steps:
+                name, model = next(items)
+                path = Path(tmp) / "candidate.onnx"
+                save_onnx(model, path)
+                start = time.perf_counter()
+                (score,), fold_scores = scorer.score_folds(path, folds)
+                trace.append({"candidate": name, "score": round(score, 5), "loss_pt": scorer.loss_pt(score),
+                              "fold_scores": [round(f, 5) for f in fold_scores], "seconds": round(time.perf_counter() - start, 2)})
+        return trace
 
     def tuning_record(self, graph: Graph) -> dict[str, Any]:
         """The report's tuning entry of ``graph`` (created on first use): which images chose its settings, how scored."""
@@ -221,8 +229,6 @@ class Job:
         """``quantization.method: auto``: every candidate range method from one observation of the calibration images,
         each placed as ORT's Q/DQ model and scored label-free on the tuning images; the best (ties: the first listed)
         serves every placement. The evaluation set never enters."""
-        import tempfile
-
         from edgekit.quantization.calibration import collect_candidates, parse_candidate
         from edgekit.quantization.placement import ORT_PLACEMENT
         from edgekit.quantization.ptq import calibration_settings, place
@@ -230,21 +236,14 @@ class Job:
         q, feeds = self.recipe.quantization, graph.calibration
         scorer = self.tuning_scorer(graph)
         results = collect_candidates(fp32, tensors, feeds.items, feeds.transform, q.tuning.candidates, self.run.threads, progress.track)
-        trace = []
-        with tempfile.TemporaryDirectory(dir=self.stage, prefix=".tune-") as tmp:
-            names = list(results)
-            for i in progress.track(f"tune ranges ({scorer.name}, {len(scorer.samples)} images)", len(names)):
-                text = names[i]
+
+        def candidates():
+            for text, calib in results.items():
                 method, percentile = parse_candidate(text)
-                calib = results[text]
                 settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
-                model, _ = place(fp32, placement or ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)
-                path = Path(tmp) / "candidate.onnx"
-                save_onnx(model, path)
-                start = time.perf_counter()
-                (score,), folds = scorer.score_folds(path, q.tuning.folds)
-                trace.append({"candidate": text, "score": round(score, 5), "loss_pt": scorer.loss_pt(score), "fold_scores": [round(f, 5) for f in folds],
-                              "seconds": round(time.perf_counter() - start, 2)})
+                yield text, place(fp32, placement or ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)[0]
+
+        trace = self.score_candidates(scorer, candidates(), len(results), "tune ranges")
         best = choose_candidate(trace, q.tuning.min_evidence)
         self.tuning_record(graph)["ranges"] = {"metric": scorer.description, "candidates": trace, "chosen": best["candidate"],
                                                "rule": f"the first candidate unless another scores higher by at least {q.tuning.min_evidence} "
