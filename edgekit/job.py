@@ -179,11 +179,11 @@ class Job:
         model, spec = place(corrected, ORT_PLACEMENT, result.calibration.ranges, graph.float_nodes, graph.float_ops, result.spec.settings)
         keep = True
         if q.bias_correction == "auto":
-            scorer = self.tuning_scorer(graph)
+            scorer = self.tuning_scorer(graph, "ranges")
             trace = self.score_candidates(scorer, [("without", result.model), ("with", model)], 2, "tune bias correction")
             keep = choose_candidate(trace, q.tuning.min_evidence)["candidate"] == "with"
             self.tuning_record(graph)["bias_correction"] = {"metric": scorer.description, "candidates": trace, "chosen": "with" if keep else "without"}
-            progress.log(f"bias correction: {'kept' if keep else 'dropped'} (tuning loss {trace[0]['loss_pt']:.2f} -> {trace[1]['loss_pt']:.2f} pt)")
+            progress.log(f"bias correction: {'kept' if keep else 'dropped'} (tuning loss {trace[0]['loss_pt']:.3g} -> {trace[1]['loss_pt']:.3g} pt)")
         if keep:
             spec.settings = {**spec.settings, "bias_correction": info}
             result.model, result.spec = model, spec
@@ -214,16 +214,17 @@ class Job:
             self.tuning: dict[str, Any] = {"sets": self.family.tuning_sets(), "graphs": {}}
         return self.tuning["graphs"].setdefault(graph.name, {})
 
-    def tuning_scorer(self, graph: Graph):
-        """The family's label-free scorer of ``graph`` (made once: it computes the FP32 reference on first use)."""
+    def tuning_scorer(self, graph: Graph, purpose: str = "search"):
+        """The family's label-free scorer of ``graph`` for ``purpose`` (``ranges``: PTQ settings such as the range method
+        and bias correction; ``search``: which groups stay float), made once: it computes the FP32 reference on first use."""
         scorers = self.__dict__.setdefault("_scorers", {})
-        if graph.name not in scorers:
-            scorer = self.family.tuning_scorer(graph)
+        if (graph.name, purpose) not in scorers:
+            scorer = self.family.tuning_scorer(graph, purpose)
             if scorer is None:
                 raise EdgekitError(f"the {self.family.name} family has no tuning metric for its {graph.name} graph", self.recipe_path,
                                    "set quantization.method to minmax, percentile, entropy or mse")
-            scorers[graph.name] = scorer
-        return scorers[graph.name]
+            scorers[graph.name, purpose] = scorer
+        return scorers[graph.name, purpose]
 
     def choose_ranges(self, graph: Graph, fp32, tensors: list[str], placement=None) -> tuple[str, float]:
         """``quantization.method: auto``: every candidate range method from one observation of the calibration images,
@@ -234,7 +235,7 @@ class Job:
         from edgekit.quantization.ptq import calibration_settings, place
 
         q, feeds = self.recipe.quantization, graph.calibration
-        scorer = self.tuning_scorer(graph)
+        scorer = self.tuning_scorer(graph, "ranges")
         results = collect_candidates(fp32, tensors, feeds.items, feeds.transform, q.tuning.candidates, self.run.threads, progress.track)
 
         def candidates():
@@ -248,8 +249,8 @@ class Job:
         self.tuning_record(graph)["ranges"] = {"metric": scorer.description, "candidates": trace, "chosen": best["candidate"],
                                                "rule": f"the first candidate unless another scores higher by at least {q.tuning.min_evidence} "
                                                        f"standard errors of its paired gain over {q.tuning.folds} folds of the tuning images"}
-        progress.log(f"ranges: {best['candidate']} (tuning loss {best['loss_pt']:.2f} pt; " +
-                     ", ".join(f"{r['candidate']} {r['loss_pt']:.2f}" for r in trace if r is not best) + ")")
+        progress.log(f"ranges: {best['candidate']} (tuning loss {best['loss_pt']:.3g} pt; " +
+                     ", ".join(f"{r['candidate']} {r['loss_pt']:.3g}" for r in trace if r is not best) + ")")
         return parse_candidate(best["candidate"])
 
     def search_float_groups(self, graph: Graph, fp32, tensors: list[str], method: str, percentile: float) -> None:

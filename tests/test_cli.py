@@ -56,7 +56,9 @@ def test_report_reproduces_reference_accuracy_and_int8_target(run):
         manifest = v["manifest"]
         assert manifest["versions"]["onnxruntime"] and manifest["artifact_sha256"]
         assert any("yolov5n.safetensors" in k for k in manifest["inputs"])
-    assert int8["manifest"]["settings"]["quantization"]["method"] == "percentile"
+    tuning = report["tuning"]["graphs"]["model"]  # every accuracy-driven choice made on the tuning images
+    assert int8["manifest"]["settings"]["quantization"]["method"] == tuning["ranges"]["chosen"].split(":")[0]
+    assert tuning["search"]["met"] and report["tuning"]["sets"]["evaluation_used_for_choices"] is False
     assert int8["fidelity"]["cosine_min"] > 0.99
     assert int8["size_bytes"] < fp32["size_bytes"] / 2.5
     assert all(b["passed"] for b in int8["budget"])

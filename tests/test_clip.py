@@ -226,7 +226,7 @@ def test_clip_run_report(clip_run) -> None:
     md = (clip_run / "report.md").read_text()
     assert "## Per-graph latency and size" in md and "vision median ms" in md
     ranges = report.tuning["graphs"]["vision"]["ranges"]  # method: auto, scored on the 16 calibration images
-    assert [c["candidate"] for c in ranges["candidates"]] == ["percentile:99.99", "mse", "minmax"] and ranges["metric"] == "output_cosine"
+    assert [c["candidate"] for c in ranges["candidates"]] == ["percentile:99.99", "mse", "minmax"] and ranges["metric"].startswith("output_cosine")
     best = max(ranges["candidates"], key=lambda c: c["score"])
     assert ranges["chosen"] == best["candidate"] and 0.9 < best["score"] <= 1.0
     assert ort_int8.components["vision"].settings["quantization"]["method"] == ranges["chosen"].partition(":")[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from conftest import ANNOTATIONS, COCO, edgekit
@@ -84,7 +85,7 @@ def test_auto_chooses_the_best_tuning_score_and_reports_both_sets(auto_run) -> N
     assert sets["evaluation_images"] == 8 and sets["evaluation_folders"] == [str(COCO / "images")]
     assert sets["evaluation_used_for_choices"] is False and len(sets["tuning_sha256"]) == 64
     ranges = report["tuning"]["graphs"]["model"]["ranges"]
-    assert ranges["metric"].startswith("pseudo_map@0.5")
+    assert ranges["metric"].startswith("output_cosine")  # PTQ settings: raw output cosine (benchmarks/proxy_correlation.py)
     scores = {c["candidate"]: c["score"] for c in ranges["candidates"]}
     assert list(scores) == ["percentile:99.99", "percentile:99.999", "mse", "minmax"]
     assert all(0.0 < s < 1.0 for s in scores.values()) and len(set(scores.values())) > 1  # real int8 error, candidates differ
@@ -194,3 +195,25 @@ def test_search_in_the_job_keeps_its_groups_float_and_reports_the_trace(tmp_path
     assert set(search["float_nodes"]) <= set(spec["float_nodes"])
     md = (run / "report.md").read_text()
     assert "### Mixed-precision search" in md and "### Sensitivity" in md and "measured on this machine" in md
+    assert "![sensitivity](sensitivity.svg)" in md
+    svg = ElementTree.parse(run / "sensitivity.svg").getroot()  # well-formed XML, one labelled bar per ranked group
+    bars = [r for r in svg.iter("{http://www.w3.org/2000/svg}rect") if r.find("{http://www.w3.org/2000/svg}title") is not None]
+    ranked = min(10, len(search["sensitivity"]["rows"]))
+    assert len(bars) == 2 * ranked and all(float(b.get("width")) >= 1 for b in bars)
+    texts = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    top = max(search["sensitivity"]["rows"], key=lambda r: r["recovered_pt"] or 0.0)
+    assert top["group"] in texts and f"{top['recovered_pt']:+.2f}" in texts
+
+
+def test_sensitivity_plot_scales_bars_to_values() -> None:
+    from edgekit.reports.plots import sensitivity_svg
+
+    rows = [{"group": "a", "recovered_pt": 2.0, "latency_cost_ms": -1.0}, {"group": "b", "recovered_pt": 0.5, "latency_cost_ms": 3.0},
+            {"group": "c", "recovered_pt": -0.5, "latency_cost_ms": None}]
+    svg = ElementTree.fromstring(sensitivity_svg({"rows": rows}))
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = {r.find(f"{ns}title").text: float(r.get("width")) for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None}
+    assert bars["+2.00"] == pytest.approx(4 * bars["+0.50"], rel=0.02)  # recovered panel: width proportional to the value
+    assert bars["+3.00"] == pytest.approx(3 * bars["-1.00"], rel=0.02)  # cost panel, both signs from one zero line
+    assert "n/a" in {t.text for t in svg.iter(f"{ns}text")}  # an unmeasured cost is said, not drawn as zero
+    assert sensitivity_svg({"rows": rows}) == sensitivity_svg({"rows": list(rows)})  # same report, same bytes

@@ -128,10 +128,11 @@ class Family:
         the one shared calibration pass."""
         self.job.static_qdq(graph)
 
-    def tuning_scorer(self, graph: Graph) -> TuningScorer | None:
-        """How a candidate of ``graph`` is scored label-free for choices (``quantization.method: auto``, the search):
-        default, the mean output cosine against FP32 on the first ``tuning.count`` calibration samples (or on the
-        ``tuning.images`` folder through the same preprocessing). None: no choice by accuracy is possible."""
+    def tuning_scorer(self, graph: Graph, purpose: str = "search") -> TuningScorer | None:
+        """How a candidate of ``graph`` is scored label-free for choices: ``purpose`` ``ranges`` (range method, bias
+        correction) or ``search`` (groups left float). Default for both, the mean output cosine against FP32 on the first
+        ``tuning.count`` calibration samples (or on the ``tuning.images`` folder through the same preprocessing). None:
+        no choice by accuracy is possible."""
         from edgekit.tuning.scorer import OutputCosineScorer
 
         q, feeds = self.recipe.quantization, graph.calibration

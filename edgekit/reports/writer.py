@@ -10,6 +10,7 @@ from typing import Any
 
 from edgekit.artifacts import atomic_path, sha256_file
 from edgekit.reports.budget import copy_interval, evaluate_budgets, resolution_line
+from edgekit.reports.plots import report_plots
 from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
 from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
 
@@ -45,12 +46,14 @@ def sealed_json(report: Report, out_dir: Path) -> tuple[str, Integrity]:
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``out_dir/report.json`` (sealed with its integrity record, see ``edgekit.reports.verify``) and
-    ``out_dir/report.md``; on any failure neither file is touched. On success ``report`` carries the record."""
+    ``out_dir/report.md`` (and the SVG plots it shows, ``edgekit.reports.plots``); on any failure none is touched. On success ``report`` carries the record."""
     out_dir = Path(out_dir)
     json_text, integrity = sealed_json(report, out_dir)
     md_text = render_markdown(report)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     with ExitStack() as stack:
+        for name, svg in report_plots(report).items():  # plots first: report.md names them
+            stack.enter_context(atomic_path(out_dir / name)).write_text(svg, encoding="utf-8")
         tmp_json = stack.enter_context(atomic_path(json_path))
         tmp_md = stack.enter_context(atomic_path(md_path))
         tmp_json.write_text(json_text, encoding="utf-8")
@@ -254,7 +257,7 @@ def tuning_lines(report: Report) -> list[str]:
                 continue
             r = record[key]
             rows = [[row["candidate"] + (" **(chosen)**" if row["candidate"] == r["chosen"] else ""), f"{row['score']:.4f}",
-                     f"{row['loss_pt']:.2f}", _num(row.get("gain_se"), ".2f"), f"{row['seconds']:.1f}"] for row in r["candidates"]]
+                     f"{row['loss_pt']:.3g}", _num(row.get("gain_se"), ".2f"), f"{row['seconds']:.1f}"] for row in r["candidates"]]
             lines += [f"### {title}{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
             if r.get("rule"):
                 lines += [f"Rule: {r['rule']}.", ""]
@@ -263,8 +266,10 @@ def tuning_lines(report: Report) -> list[str]:
             ranked = sorted(table.get("rows", []), key=lambda r: -(r.get("recovered_pt") or 0.0))[:10]
             rows = [[r["group"], r["kind"], str(r["nodes"]), _num(r.get("loss_float_only_pt"), ".2f"), _num(r.get("recovered_pt"), "+.2f"),
                      _num(r.get("latency_cost_ms"), "+.3f"), r.get("method", "")] for r in ranked]
+            plot = "sensitivity.svg" if graph == "model" else f"sensitivity_{graph}.svg"
             lines += [f"### Sensitivity{where}: the {len(rows)} groups whose float form recovers most tuning loss "
                       f"(all int8 {_num(table.get('baseline_loss_pt'), '.2f')} pt, {len(table.get('rows', []))} groups ranked)", "",
+                      f"![sensitivity{where}]({plot})", "",
                       *_table(["group", "kind", "nodes", "loss if float pt", "recovered pt", "latency cost ms", "cost from"], rows), ""]
         if "search" in record:
             sr = record["search"]

@@ -1,0 +1,135 @@
+"""PTQ today, stronger PTQ and PTQ + search on every backend, and NNCF's accuracy control on OpenVINO, through edgekit's job.
+
+Each row is one ``edgekit export`` of ``recipes/yolov5n.yaml`` (the job users run, ``edgekit.job.run_recipe``) with one
+change to its quantization section; targets ``onnxruntime:fp32`` (reference), ``onnxruntime:int8``,
+``openvino:int8``, ``tflite:int8``:
+
+* ``PTQ today``: ``method: percentile`` 99.99, no search (the setting edgekit shipped before tuning sets existed);
+* ``stronger PTQ``: ``method: auto`` (range method chosen label-free on the tuning images) + ``bias_correction: auto``;
+* ``PTQ + search``: the shipped recipe as it is (``method: auto`` + ``quantization.search``);
+* ``NNCF accuracy control``: ``openvino:int8`` with ``accuracy_control: true`` added to the ``PTQ today`` run: NNCF's
+  ``quantize_with_accuracy_control`` held to the same 0.5 pt mAP50-95 budget. NNCF scores its candidates on the
+  labelled *evaluation* images (it needs labels; no other row sees them), so its drop is optimistic.
+
+Per row and target: mAP50-95 drop vs FP32 (pt) with its paired bootstrap 95% interval (the report's verdict), latency
+median and ratio vs ORT FP32 measured in the same run, and the seconds spent choosing (range tuning, bias
+correction, search; for NNCF its whole build). Ratios compare within a run only: the runs follow one another on a
+shared machine.
+
+    python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--no-nncf] [--max-images N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from edgekit.artifacts import write_json_atomic  # noqa: E402
+from edgekit.job import run_recipe  # noqa: E402
+from edgekit.recipe import Recipe, SearchSpec, load_recipe  # noqa: E402
+from edgekit.reports.schema import Report  # noqa: E402
+from edgekit.targets import Target  # noqa: E402
+
+RECIPE = HERE.parent / "recipes" / "yolov5n.yaml"
+TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tflite:int8"]
+CHOICE_STAGES = ("tune ranges", "bias correction", "search")
+
+
+def variant_recipe(base: Recipe, row: str, nncf: bool) -> Recipe:
+    """``base`` with the quantization change of ``row`` (a deep copy: rows never share state)."""
+    recipe = base.model_copy(deep=True)
+    recipe.targets = [Target.parse(t) for t in TARGETS]
+    q = recipe.quantization
+    if row == "today":
+        q.method, q.percentile, q.search, q.bias_correction = "percentile", 99.99, None, False
+        if nncf:
+            recipe.targets.append(Target(backend="openvino", precision="int8", accuracy_control=True))
+    elif row == "stronger":
+        q.method, q.search, q.bias_correction = "auto", None, "auto"
+    elif row == "search":
+        q.method = "auto"
+        q.search = q.search or SearchSpec()
+    else:
+        raise SystemExit(f"unknown row {row!r}: use today, stronger, search")
+    return recipe
+
+
+def rows_of(report: Report, row: str) -> list[dict[str, Any]]:
+    """One table row per measured quantized variant of ``report``."""
+    ref = report.variant(report.reference)
+    tuning = (report.tuning or {}).get("graphs", {}).get("model", {})
+    choose_s = round(sum(v for k, v in report.timings_s.items() if k in CHOICE_STAGES), 1)
+    out = []
+    for v in report.variants:
+        if v is ref:
+            continue
+        verdict = next((b for b in v.budget if b.metric == "mAP50-95"), None)
+        nncf = v.name.endswith("+ac")
+        lat = v.latency_ms.median if v.latency_ms else None
+        out.append({
+            "row": "NNCF accuracy control" if nncf else row, "target": v.name, "status": v.status,
+            "mAP50-95": v.metrics.get("mAP50-95"), "drop_pt": round(100 * verdict.drop, 2) if verdict and verdict.drop is not None else None,
+            "drop_ci95_pt": [round(100 * x, 2) for x in verdict.interval] if verdict and verdict.interval else None,
+            "passed": verdict.passed if verdict else None,
+            "latency_ms": lat, "fp32_latency_ms": ref.latency_ms.median if ref.latency_ms else None,
+            "ratio_vs_fp32": round(lat / ref.latency_ms.median, 3) if lat and ref.latency_ms else None,
+            "choose_s": report.timings_s.get(f"build {v.name}") if nncf else choose_s,
+            "ranges": (tuning.get("ranges") or {}).get("chosen") or v.manifest.get("settings", {}).get("quantization", {}).get("method"),
+            "float_groups": (tuning.get("search") or {}).get("float_groups"),
+            "not_built_reason": v.not_built_reason,
+        })
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--rows", default="today,stronger,search", help="comma-separated: today, stronger, search")
+    parser.add_argument("--no-nncf", action="store_true", help="skip NNCF accuracy control (the slowest part)")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only (quick run; NNCF sees the same N)")
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "budget_backends", help="run folders (git-ignored)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "budget_backends.json")
+    args = parser.parse_args()
+
+    base = load_recipe(args.recipe)
+    if args.max_images:
+        base.evaluation.max_images = args.max_images
+    shutil.rmtree(args.work, ignore_errors=True)
+    rows, runs = [], {}
+    for row in args.rows.split(","):
+        recipe = variant_recipe(base, row, nncf=not args.no_nncf)
+        report = run_recipe(recipe, args.recipe, args.work / row, overwrite=True)
+        rows += rows_of(report, row)
+        runs[row] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
+    device = next(iter(runs.values()))["device"]
+    table = Table(title=f"YOLOv5n int8 per backend, {device.get('cpu_model')} ({', '.join(f for f in device.get('isa_flags', []) if 'vnni' in f or 'amx' in f or 'bf16' in f)}), "
+                        f"{base.benchmark.threads} threads; drop vs ORT FP32 on the evaluation images with paired bootstrap 95% interval")
+    for col in ("row", "target", "ranges", "float groups", "drop pt [95%]", "budget", "latency vs fp32", "choosing s"):
+        table.add_column(col)
+    for r in rows:
+        if r["status"] != "measured":
+            table.add_row(r["row"], r["target"], "", "", f"not built: {r['not_built_reason']}", "", "", "")
+            continue
+        ci = f" [{r['drop_ci95_pt'][0]:+.2f}, {r['drop_ci95_pt'][1]:+.2f}]" if r["drop_ci95_pt"] else ""
+        groups = r["float_groups"]
+        table.add_row(r["row"], r["target"], str(r["ranges"] or ""), ", ".join(groups) if groups else "-", f"{r['drop_pt']:+.2f}{ci}",
+                      "pass" if r["passed"] else "FAIL", f"{r['ratio_vs_fp32']:.2f}x", f"{r['choose_s']:.0f}" if r["choose_s"] is not None else "")
+    Console(width=180).print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, {"benchmark": "budget_backends", "recipe": str(args.recipe), "targets": TARGETS, "nncf": not args.no_nncf,
+                                 "max_images": args.max_images, "device": device, "rows": rows, "runs": runs,
+                                 "command": "benchmarks/budget_backends.py " + " ".join(sys.argv[1:])})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
