@@ -11,6 +11,8 @@ succeeded, so a failed run never leaves a half-built model or report behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -255,7 +257,9 @@ class Job:
 
     def search_float_groups(self, graph: Graph, fp32, tensors: list[str], method: str, percentile: float) -> None:
         """``quantization.search``: the fastest set of quantizer groups left float (measured ORT latency) whose tuning loss
-        meets the budget; the chosen groups join ``graph.float_nodes`` for every placement."""
+        meets the budget; the chosen groups join ``graph.float_nodes`` for every placement. With ``search.per_backend``,
+        each other int8 backend that times candidates itself (OpenVINO) searches its own float scope too, in its own
+        latency, reusing ORT's sensitivity table; its choice joins ``graph.backend_float_nodes`` instead."""
         import tempfile
 
         from edgekit.quantization.calibration import collect_ranges
@@ -269,17 +273,49 @@ class Job:
         calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
         settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
         scorer = self.tuning_scorer(graph).subset(s.images)
-        groups = quantizer_groups(fp32, ORT_PLACEMENT, graph.float_nodes, graph.float_ops)
-        with tempfile.TemporaryDirectory(dir=self.stage, prefix=".search-") as tmp:
-            result = search(fp32, ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings, scorer, groups,
-                            max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
-                            time_limit_s=s.time_limit_s, latency_runs=s.latency_runs, progress=progress.track)
-        self.tuning_record(graph)["search"] = {**result.to_dict(), "tuning_images": len(scorer.samples)}
-        progress.log(f"search: {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), tuning loss "
-                     f"{result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
+
+        def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime"):
+            groups = quantizer_groups(fp32, ORT_PLACEMENT, scope, graph.float_ops)
+            if table is not None:  # the shared table, narrowed to the groups this scope quantizes
+                names = {g.name for g in groups}
+                table = dataclasses.replace(table, rows=[r for r in table.rows if r.group in names])
+            with tempfile.TemporaryDirectory(dir=self.stage, prefix=".search-") as tmp:
+                result = search(fp32, ORT_PLACEMENT, calib.ranges, scope, graph.float_ops, settings, scorer, groups,
+                                max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
+                                time_limit_s=s.time_limit_s, sensitivity=table, latency_runs=s.latency_runs, progress=progress.track,
+                                timer=timer, backend=backend)
+            progress.log(f"search ({backend}): {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), "
+                         f"tuning loss {result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
+            return result
+
+        result = run(graph.float_nodes)
+        record = self.tuning_record(graph)
+        record["search"] = {**result.to_dict(), "tuning_images": len(scorer.samples)}
+        wide = list(result.float_nodes)  # what the wide-scope backends (NNCF) add: ORT's choice unless they search their own
+        for backend in self.search_backends() if s.per_backend else []:
+            scope = graph.backend_float_nodes if backend.wide_float_scope and graph.backend_float_nodes is not None else graph.float_nodes
+            timer = functools.partial(backend.candidate_runner, threads=self.run.threads, recipe=self.recipe)
+            try:
+                own = run(list(scope), result.table, timer, backend.name)
+            except EdgekitError as exc:
+                record.setdefault("search_notes", []).append(f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]}); "
+                                                             "it takes ONNX Runtime's float groups")
+                continue
+            record.setdefault("backend_searches", {})[backend.name] = {**own.to_dict(), "tuning_images": len(scorer.samples), "sensitivity": None}
+            if backend.wide_float_scope:
+                wide = list(own.float_nodes)
         graph.float_nodes = list(graph.float_nodes) + list(result.float_nodes)
         if graph.backend_float_nodes is not None:
-            graph.backend_float_nodes = list(graph.backend_float_nodes) + list(result.float_nodes)
+            graph.backend_float_nodes = list(graph.backend_float_nodes) + wide
+
+    def search_backends(self) -> list:
+        """The backends of the recipe's int8 targets, other than ONNX Runtime, that time search candidates themselves."""
+        out = {}
+        for target in self.recipe.targets:
+            backend = registry.backend(target.backend)
+            if target.precision == "int8" and backend.times_candidates and not backend.available():
+                out.setdefault(backend.name, backend)
+        return list(out.values())
 
     def build(self) -> dict[Target, dict[str, Built]]:
         """Every graph of every target, backends that must come last (LiteRT) last; recipe order kept."""

@@ -143,3 +143,33 @@ def test_search_meets_budget_and_gives_up_cleanly(setup, tmp_path):
     quick = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, -1.0, tmp_path, time_limit_s=0.5, latency_runs=3)
     assert len(quick.trace) == 1 and quick.stopped == "time limit" and not quick.met  # only the baseline, always evaluated
     _no_candidates_left(tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason='openvino is not installed (pip install -e ".[openvino]")')
+def test_search_priced_by_openvino_times_every_candidate_with_openvino(setup, tmp_path):
+    """OpenVINO reading each Q/DQ candidate prices the search; losses stay ORT's; the shared table is reused."""
+    from edgekit.backends.openvino.runner import OpenVinoRunner
+    from edgekit.tuning.groups import quantizer_groups
+    from edgekit.tuning.search import search
+
+    _, model, _, ranges, settings, decode, scorer = setup
+    groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])[:4]
+    ort = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, None, tmp_path, time_limit_s=60, latency_runs=3)
+    timed: list[Path] = []
+
+    def timer(path: Path) -> OpenVinoRunner:
+        timed.append(path)
+        runner = OpenVinoRunner(path, threads=2)
+        runner.load()
+        assert runner.settings  # a real compiled OpenVINO model, its properties read back
+        return runner
+
+    ov = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, None, tmp_path, time_limit_s=60, latency_runs=3,
+                sensitivity=ort.table, timer=timer, backend="openvino")
+    assert ov.backend == "openvino" and ov.to_dict()["backend"] == "openvino" and "table" not in ov.to_dict()
+    assert len(timed) == len(ov.trace)  # the baseline and every candidate (and re-timing) opened on OpenVINO
+    assert ov.baseline_loss_pt == ort.baseline_loss_pt  # same candidates, same ORT scorer
+    ort_loss = {t.float_groups: t.loss_pt for t in ort.trace}
+    assert all(t.loss_pt == ort_loss[t.float_groups] for t in ov.trace if t.float_groups in ort_loss)  # losses are ORT's
+    assert ov.sensitivity_seconds == 0.0 and ov.met
+    _no_candidates_left(tmp_path)

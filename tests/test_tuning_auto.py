@@ -4,6 +4,7 @@ that are evaluation images refused before anything runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -203,6 +204,27 @@ def test_search_in_the_job_keeps_its_groups_float_and_reports_the_trace(tmp_path
     texts = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
     top = max(search["sensitivity"]["rows"], key=lambda r: r["recovered_pt"] or 0.0)
     assert top["group"] in texts and f"{top['recovered_pt']:+.2f}" in texts
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason='openvino is not installed (pip install -e ".[openvino]")')
+def test_openvino_searches_its_own_float_groups_in_its_own_latency(tmp_path) -> None:
+    recipe = tiny_recipe(tmp_path, quantization__search={"time_limit_s": 60, "latency_runs": 5, "images": 8},
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"])
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    record = report["tuning"]["graphs"]["model"]
+    ort, ov = record["search"], record["backend_searches"]["openvino"]
+    assert ort["backend"] == "onnxruntime" and ov["backend"] == "openvino" and ov["met"]
+    assert ov["sensitivity"] is None and ov["sensitivity_seconds"] == 0.0  # ORT's table reused, not recomputed
+    head = {g for g in (r["group"] for r in ort["sensitivity"]["rows"]) if g.startswith("model.24.m")}
+    assert head and not head & {g for t in ov["trace"] for g in t["float_groups"]}  # NNCF's scope keeps the head float already
+    int8 = next(v for v in report["variants"] if v["name"] == "openvino:int8")
+    nncf = int8["manifest"]["settings"]["backend"]["nncf"]
+    assert nncf["ignored_onnx_nodes"] >= len(ov["float_nodes"])
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "### Mixed-precision search, onnxruntime" in md and "### Mixed-precision search, openvino" in md
+    assert "openvino, reading each Q/DQ candidate itself" in md
 
 
 def test_sensitivity_plot_scales_bars_to_values() -> None:

@@ -154,6 +154,8 @@ class Backend(abc.ABC):
     needs_torch: ClassVar[bool] = False  # converts from a PyTorch module, not from ONNX
     install: ClassVar[str] = ""  # the extra that installs it, for messages
     runs_forms: ClassVar[bool] = False  # runs the family's quantized ONNX forms as they are (ONNX Runtime)
+    wide_float_scope: ClassVar[bool] = False  # its int8 build starts from ``Graph.backend_float_nodes`` where set (NNCF)
+    times_candidates: ClassVar[bool] = False  # ``candidate_runner`` prices search candidates in its own latency
 
     def check_recipe(self, recipe: Recipe) -> None:  # noqa: B027 (an optional hook)
         """Raise ``ValueError`` for recipe settings this backend cannot honour (called while the recipe is validated)."""
@@ -173,3 +175,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def runner(self, path: str | Path, threads: int | None = None, **options: Any) -> Runner:
         """A runner for a file this backend built (or any file with one of its suffixes)."""
+
+    def candidate_runner(self, path: Path, threads: int, recipe: Recipe) -> Runner | None:
+        """A loaded runner that times a Q/DQ ONNX candidate of ``quantization.search`` as this backend's int8 engine
+        would run it, so the search prices float groups in this backend's latency. None (default): candidates
+        cannot be timed here, and the backend takes ONNX Runtime's choice."""
+        return None

@@ -1,8 +1,8 @@
 """Budget search: the fastest set of quantizer groups left float whose tuning loss stays within a budget.
 
 Every candidate is built, scored on the tuning samples (label-free, :class:`TuningScorer`) and its latency
-*measured*: ONNX Runtime median over ``latency_runs`` calls, interleaved with the all-int8 baseline in the same
-loop, so ``delta_ms`` (candidate minus baseline) cancels machine drift and candidates are compared by it. Steps,
+*measured*: median over ``latency_runs`` calls on ONNX Runtime (or on the backend whose runner ``timer`` gives, e.g.
+OpenVINO reading the Q/DQ ONNX), interleaved with the all-int8 baseline in the same loop, so ``delta_ms`` (candidate minus baseline) cancels machine drift and candidates are compared by it. Steps,
 each stopped by the time limit (the baseline is always evaluated; no candidate starts once ``time_limit_s`` is
 spent):
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,21 @@ class SearchResult:
     sensitivity_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     sensitivity: dict[str, Any] | None = None  # the table the search ranked groups by (SensitivityTable.to_dict)
+    backend: str = "onnxruntime"  # whose latency priced the candidates
+    table: SensitivityTable | None = field(default=None, repr=False, compare=False)  # the same table, as an object
 
     @property
     def target_pt(self) -> float:
         return self.max_loss_pt - self.margin_pt
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target_pt": self.target_pt}
+        table, self.table = self.table, None  # asdict would copy the table a second time (``sensitivity`` has it)
+        try:
+            out = asdict(self)
+        finally:
+            self.table = table
+        out.pop("table")
+        return {**out, "target_pt": self.target_pt}
 
     def render(self):
         """A rich Table of the trace, the chosen candidate marked."""
@@ -108,7 +116,7 @@ class _Search:
         self.cands, self.target, self.runs, self.limit, self.start = cands, target, runs, limit, start
         self.trace: list[Trial] = []
         self.tried: dict[tuple[str, ...], Trial] = {}
-        self.base = self.base_path = None
+        self.base = self.base_path = self.base_timing = None
         self.last_cost = 0.0
         self.hit_limit = False
 
@@ -129,13 +137,14 @@ class _Search:
         if not key:
             self.base, self.base_path = self.cands.open(())
             loss = self.cands.loss((), self.base)
-            _, base_ms, _ = paired_latency(self.base, self.base, self.cands.feed, self.runs)
+            self.base_timing = self.cands.timing_runner(self.base, self.base_path)
+            _, base_ms, _ = paired_latency(self.base_timing, self.base_timing, self.cands.feed, self.runs)
             trial = Trial((), loss, round(base_ms, 3), round(base_ms, 3), 0.0, loss <= self.target, 0.0, step)
         else:
             runner, path = self.cands.open(key)
             try:
                 loss = self.cands.loss(key, runner)
-                ms, base_ms, delta = paired_latency(self.base, runner, self.cands.feed, self.runs)
+                ms, base_ms, delta = self.time(runner, path, self.runs)
             finally:
                 self.cands.close(runner, path)
             trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step)
@@ -145,6 +154,14 @@ class _Search:
         self.tried[key] = trial
         return trial
 
+    def time(self, runner, path: Path, runs: int) -> tuple[float, float, float]:
+        """:func:`paired_latency` of the candidate at ``path`` against the baseline, on the timing backend."""
+        timing = self.cands.timing_runner(runner, path)
+        try:
+            return paired_latency(self.base_timing, timing, self.cands.feed, runs)
+        finally:
+            self.cands.close_timing(timing, runner)
+
     def remeasure(self, key: tuple[str, ...], runs: int) -> Trial | None:
         """Time an already scored candidate again with ``runs`` paired rounds (its loss is cached): the new trial
         replaces the old one in the choice."""
@@ -153,7 +170,7 @@ class _Search:
         t0 = time.perf_counter()
         runner, path = self.cands.open(key)
         try:
-            ms, base_ms, delta = paired_latency(self.base, runner, self.cands.feed, runs)
+            ms, base_ms, delta = self.time(runner, path, runs)
         finally:
             self.cands.close(runner, path)
         old = self.tried[key]
@@ -269,11 +286,17 @@ def search(
     latency_runs: int = 20,
     progress: Progress | None = None,
     feed: dict[str, np.ndarray] | None = None,
+    timer: Callable[[Path], Any] | None = None,
+    backend: str = "onnxruntime",
 ) -> SearchResult:
     """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
-    (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss)."""
+    (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss).
+
+    ``timer`` (path -> loaded runner) times candidates on another backend (``backend`` names it), e.g. OpenVINO
+    reading the Q/DQ ONNX; losses are still scored by ``scorer`` (ONNX Runtime). Give it a ``sensitivity`` table:
+    the profiler step that would make one is ONNX Runtime's."""
     start = time.perf_counter()
-    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed)
+    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer)
     s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, time_limit_s, start)
     notes: list[str] = []
     sens_s = 0.0
@@ -306,11 +329,15 @@ def search(
                 _prune(s, sensitivity, best.float_groups)
             _confirm(s)
     finally:
+        if s.base_timing is not None:
+            cands.close_timing(s.base_timing, s.base)
         if s.base is not None:
             cands.close(s.base, s.base_path)
     best = s.best()
     base = s.trace[0]
     stopped = "time limit" if s.hit_limit or (sensitivity is not None and not sensitivity.complete) else "done"
-    return SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
-                        base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
-                        sens_s, notes, sensitivity.to_dict() if sensitivity is not None else None)
+    result = SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
+                          base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
+                          sens_s, notes, sensitivity.to_dict() if sensitivity is not None else None, backend)
+    result.table = sensitivity
+    return result

@@ -86,8 +86,9 @@ class Candidates:
 
     def __init__(self, model: onnx.ModelProto, placement: Placement, ranges: dict, float_nodes: list[str], float_ops: list[str],
                  calibration: dict, scorer: TuningScorer, groups: Sequence[Group], workdir: str | Path, threads: int = 2,
-                 feed: dict[str, np.ndarray] | None = None) -> None:
+                 feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path], Any] | None = None) -> None:
         self.model, self.placement, self.ranges = model, placement, ranges
+        self.timer = timer  # path -> loaded runner that times a candidate (None: the scoring ORT runner times it too)
         self.float_nodes, self.float_ops, self.calibration = list(float_nodes), list(float_ops), calibration
         self.scorer, self.groups, self.threads = scorer, list(groups), threads
         self.by_name = {g.name: g for g in self.groups}
@@ -134,6 +135,14 @@ class Candidates:
         """(loaded ORT runner, path) of a freshly built candidate; call :meth:`close` when done."""
         path = self.build(names)
         return load_runner(path, self.threads), path
+
+    def timing_runner(self, runner, path: Path):
+        """The runner that times the candidate at ``path``: ``runner`` itself, or the backend's own (``timer``)."""
+        return runner if self.timer is None else self.timer(path)
+
+    def close_timing(self, timing, runner) -> None:
+        if timing is not runner:
+            timing.close()
 
     @staticmethod
     def close(runner, path: Path) -> None:

@@ -25,6 +25,8 @@ class OpenVinoBackend(Backend):
     config = OpenVinoSpec
     accuracy_control = True
     install = "openvino"
+    wide_float_scope = True
+    times_candidates = True
 
     def available(self) -> str | None:
         from importlib.util import find_spec
@@ -41,3 +43,14 @@ class OpenVinoBackend(Backend):
         from edgekit.backends.openvino.runner import OpenVinoRunner
 
         return OpenVinoRunner(path, threads=threads, **options)
+
+    def candidate_runner(self, path: Path, threads: int, recipe) -> Any:
+        """The Q/DQ ONNX read by OpenVINO itself (its low-precision transformations run each Q/DQ pair as int8, as
+        they do NNCF's FakeQuantize), compiled with the int8 target's precision hint."""
+        from edgekit.backends.openvino.builder import precision_hint
+        from edgekit.backends.openvino.runner import OpenVinoRunner
+
+        spec = recipe.openvino
+        runner = OpenVinoRunner(path, threads=threads, precision_hint=precision_hint("int8", spec.device), device=spec.device)
+        runner.load()
+        return runner
