@@ -294,7 +294,7 @@ class Job:
         wide = list(result.float_nodes)  # what the wide-scope backends (NNCF) add: ORT's choice unless they search their own
         for backend in self.search_backends() if s.per_backend else []:
             scope = graph.backend_float_nodes if backend.wide_float_scope and graph.backend_float_nodes is not None else graph.float_nodes
-            timer = functools.partial(backend.candidate_runner, threads=self.run.threads, recipe=self.recipe)
+            timer = functools.partial(backend.candidate_runner, graph=graph, threads=self.run.threads, recipe=self.recipe)
             try:
                 own = run(list(scope), result.table, timer, backend.name)
             except EdgekitError as exc:

@@ -147,27 +147,35 @@ def test_search_meets_budget_and_gives_up_cleanly(setup, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason='openvino is not installed (pip install -e ".[openvino]")')
 def test_search_priced_by_openvino_times_every_candidate_with_openvino(setup, tmp_path):
-    """OpenVINO reading each Q/DQ candidate prices the search; losses stay ORT's; the shared table is reused."""
-    from edgekit.backends.openvino.runner import OpenVinoRunner
+    """NNCF's own IR of each candidate prices the search; losses stay ORT's; the shared table is reused."""
+    from types import SimpleNamespace
+
+    from edgekit import registry
+    from edgekit.backends.base import Graph, LazyFeeds
+    from edgekit.backends.openvino import OpenVinoSpec
     from edgekit.tuning.groups import quantizer_groups
     from edgekit.tuning.search import search
 
-    _, model, _, ranges, settings, decode, scorer = setup
+    family, model, fp32, ranges, settings, decode, scorer = setup
     groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])[:4]
     ort = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, None, tmp_path, time_limit_s=60, latency_runs=3)
-    timed: list[Path] = []
+    graph = Graph("model", fp32, "cnn")
+    graph.calibration = LazyFeeds(scorer.samples, lambda p: family.preprocess(p)[0])
+    backend, timed = registry.backend("openvino"), []
 
-    def timer(path: Path) -> OpenVinoRunner:
-        timed.append(path)
-        runner = OpenVinoRunner(path, threads=2)
-        runner.load()
-        assert runner.settings  # a real compiled OpenVINO model, its properties read back
+    def timer(path: Path, float_nodes: list[str]):
+        timed.append(set(float_nodes))
+        runner = backend.candidate_runner(path, float_nodes, graph, 2, SimpleNamespace(openvino=OpenVinoSpec()))
+        assert runner.settings and not list(tmp_path.glob("*_openvino.*"))  # compiled, its IR files already removed
         return runner
 
     ov = search(model, ORT_PLACEMENT, ranges, decode, [], settings, scorer, groups, None, tmp_path, time_limit_s=60, latency_runs=3,
                 sensitivity=ort.table, timer=timer, backend="openvino")
     assert ov.backend == "openvino" and ov.to_dict()["backend"] == "openvino" and "table" not in ov.to_dict()
-    assert len(timed) == len(ov.trace)  # the baseline and every candidate (and re-timing) opened on OpenVINO
+    assert len(timed) == len(ov.trace)  # the baseline and every candidate (and re-timing) built and timed by OpenVINO
+    by_group = {g.name: set(g.nodes) for g in groups}
+    for t, nodes in zip(ov.trace, timed):  # each IR had exactly the candidate's groups (and the decode) float
+        assert nodes == set(decode) | {n for g in t.float_groups for n in by_group[g]}
     assert ov.baseline_loss_pt == ort.baseline_loss_pt  # same candidates, same ORT scorer
     ort_loss = {t.float_groups: t.loss_pt for t in ort.trace}
     assert all(t.loss_pt == ort_loss[t.float_groups] for t in ov.trace if t.float_groups in ort_loss)  # losses are ORT's

@@ -224,7 +224,7 @@ def test_openvino_searches_its_own_float_groups_in_its_own_latency(tmp_path) -> 
     assert nncf["ignored_onnx_nodes"] >= len(ov["float_nodes"])
     md = (tmp_path / "run" / "report.md").read_text()
     assert "### Mixed-precision search, onnxruntime" in md and "### Mixed-precision search, openvino" in md
-    assert "openvino, reading each Q/DQ candidate itself" in md
+    assert "openvino, each candidate built by its own quantizer" in md
 
 
 def test_sensitivity_plot_scales_bars_to_values() -> None:

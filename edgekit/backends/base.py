@@ -176,8 +176,8 @@ class Backend(abc.ABC):
     def runner(self, path: str | Path, threads: int | None = None, **options: Any) -> Runner:
         """A runner for a file this backend built (or any file with one of its suffixes)."""
 
-    def candidate_runner(self, path: Path, threads: int, recipe: Recipe) -> Runner | None:
-        """A loaded runner that times a Q/DQ ONNX candidate of ``quantization.search`` as this backend's int8 engine
-        would run it, so the search prices float groups in this backend's latency. None (default): candidates
-        cannot be timed here, and the backend takes ONNX Runtime's choice."""
+    def candidate_runner(self, path: Path, float_nodes: list[str], graph: Graph, threads: int, recipe: Recipe) -> Runner | None:
+        """A loaded runner of ``graph`` built as this backend's int8 engine with ``float_nodes`` left float (``path``:
+        the candidate's Q/DQ ONNX), so ``quantization.search`` prices float groups in this backend's own latency.
+        None (default): candidates cannot be timed here, and the backend takes ONNX Runtime's choice."""
         return None

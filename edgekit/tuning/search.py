@@ -2,7 +2,7 @@
 
 Every candidate is built, scored on the tuning samples (label-free, :class:`TuningScorer`) and its latency
 *measured*: median over ``latency_runs`` calls on ONNX Runtime (or on the backend whose runner ``timer`` gives, e.g.
-OpenVINO reading the Q/DQ ONNX), interleaved with the all-int8 baseline in the same loop, so ``delta_ms`` (candidate minus baseline) cancels machine drift and candidates are compared by it. Steps,
+the IR NNCF builds with the same nodes float), interleaved with the all-int8 baseline in the same loop, so ``delta_ms`` (candidate minus baseline) cancels machine drift and candidates are compared by it. Steps,
 each stopped by the time limit (the baseline is always evaluated; no candidate starts once ``time_limit_s`` is
 spent):
 
@@ -137,14 +137,14 @@ class _Search:
         if not key:
             self.base, self.base_path = self.cands.open(())
             loss = self.cands.loss((), self.base)
-            self.base_timing = self.cands.timing_runner(self.base, self.base_path)
+            self.base_timing = self.cands.timing_runner(self.base, self.base_path, ())
             _, base_ms, _ = paired_latency(self.base_timing, self.base_timing, self.cands.feed, self.runs)
             trial = Trial((), loss, round(base_ms, 3), round(base_ms, 3), 0.0, loss <= self.target, 0.0, step)
         else:
             runner, path = self.cands.open(key)
             try:
                 loss = self.cands.loss(key, runner)
-                ms, base_ms, delta = self.time(runner, path, self.runs)
+                ms, base_ms, delta = self.time(runner, path, key, self.runs)
             finally:
                 self.cands.close(runner, path)
             trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step)
@@ -154,9 +154,9 @@ class _Search:
         self.tried[key] = trial
         return trial
 
-    def time(self, runner, path: Path, runs: int) -> tuple[float, float, float]:
-        """:func:`paired_latency` of the candidate at ``path`` against the baseline, on the timing backend."""
-        timing = self.cands.timing_runner(runner, path)
+    def time(self, runner, path: Path, key: tuple[str, ...], runs: int) -> tuple[float, float, float]:
+        """:func:`paired_latency` of candidate ``key`` (at ``path``) against the baseline, on the timing backend."""
+        timing = self.cands.timing_runner(runner, path, key)
         try:
             return paired_latency(self.base_timing, timing, self.cands.feed, runs)
         finally:
@@ -170,7 +170,7 @@ class _Search:
         t0 = time.perf_counter()
         runner, path = self.cands.open(key)
         try:
-            ms, base_ms, delta = self.time(runner, path, runs)
+            ms, base_ms, delta = self.time(runner, path, key, runs)
         finally:
             self.cands.close(runner, path)
         old = self.tried[key]
@@ -286,14 +286,14 @@ def search(
     latency_runs: int = 20,
     progress: Progress | None = None,
     feed: dict[str, np.ndarray] | None = None,
-    timer: Callable[[Path], Any] | None = None,
+    timer: Callable[[Path, list[str]], Any] | None = None,
     backend: str = "onnxruntime",
 ) -> SearchResult:
     """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
     (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss).
 
-    ``timer`` (path -> loaded runner) times candidates on another backend (``backend`` names it), e.g. OpenVINO
-    reading the Q/DQ ONNX; losses are still scored by ``scorer`` (ONNX Runtime). Give it a ``sensitivity`` table:
+    ``timer`` ((Q/DQ path, float node patterns) -> loaded runner) times candidates on another backend (``backend``
+    names it), e.g. the IR NNCF builds with those nodes ignored; losses are still scored by ``scorer`` (ONNX Runtime). Give it a ``sensitivity`` table:
     the profiler step that would make one is ONNX Runtime's."""
     start = time.perf_counter()
     cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer)

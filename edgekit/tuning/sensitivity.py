@@ -86,9 +86,9 @@ class Candidates:
 
     def __init__(self, model: onnx.ModelProto, placement: Placement, ranges: dict, float_nodes: list[str], float_ops: list[str],
                  calibration: dict, scorer: TuningScorer, groups: Sequence[Group], workdir: str | Path, threads: int = 2,
-                 feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path], Any] | None = None) -> None:
+                 feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path, list[str]], Any] | None = None) -> None:
         self.model, self.placement, self.ranges = model, placement, ranges
-        self.timer = timer  # path -> loaded runner that times a candidate (None: the scoring ORT runner times it too)
+        self.timer = timer  # (Q/DQ path, float node patterns) -> loaded runner that times a candidate (None: the ORT runner)
         self.float_nodes, self.float_ops, self.calibration = list(float_nodes), list(float_ops), calibration
         self.scorer, self.groups, self.threads = scorer, list(groups), threads
         self.by_name = {g.name: g for g in self.groups}
@@ -136,9 +136,10 @@ class Candidates:
         path = self.build(names)
         return load_runner(path, self.threads), path
 
-    def timing_runner(self, runner, path: Path):
-        """The runner that times the candidate at ``path``: ``runner`` itself, or the backend's own (``timer``)."""
-        return runner if self.timer is None else self.timer(path)
+    def timing_runner(self, runner, path: Path, names: Sequence[str]):
+        """The runner that times the candidate ``names`` float (written at ``path``): ``runner`` itself, or the
+        backend's own build of it (``timer`` gets every float node pattern: the caller's and the groups')."""
+        return runner if self.timer is None else self.timer(path, self.float_nodes + self.patterns(names))
 
     def close_timing(self, timing, runner) -> None:
         if timing is not runner:

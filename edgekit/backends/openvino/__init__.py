@@ -44,13 +44,21 @@ class OpenVinoBackend(Backend):
 
         return OpenVinoRunner(path, threads=threads, **options)
 
-    def candidate_runner(self, path: Path, threads: int, recipe) -> Any:
-        """The Q/DQ ONNX read by OpenVINO itself (its low-precision transformations run each Q/DQ pair as int8, as
-        they do NNCF's FakeQuantize), compiled with the int8 target's precision hint."""
+    def candidate_runner(self, path: Path, float_nodes: list[str], graph: Any, threads: int, recipe) -> Any:
+        """The int8 IR NNCF builds with exactly ``float_nodes`` ignored (this target's own quantizer and placement; 2
+        calibration samples and no bias correction, which change no kernel: built for timing in seconds), compiled
+        as the int8 target is. Its files are deleted once compiled. ``path`` (the Q/DQ ONNX) names the candidate."""
         from edgekit.backends.openvino.builder import precision_hint
+        from edgekit.backends.openvino.nncf_quant import quantize_openvino
         from edgekit.backends.openvino.runner import OpenVinoRunner
 
         spec = recipe.openvino
-        runner = OpenVinoRunner(path, threads=threads, precision_hint=precision_hint("int8", spec.device), device=spec.device)
-        runner.load()
+        xml = path.with_name(f"{path.stem}_openvino.xml")
+        try:
+            quantize_openvino(graph.fp32, xml, graph.calibration, float_nodes, preset=spec.preset, samples=2, bias_correction=False)
+            runner = OpenVinoRunner(xml, threads=threads, precision_hint=precision_hint("int8", spec.device), device=spec.device)
+            runner.load()
+        finally:
+            xml.unlink(missing_ok=True)
+            xml.with_suffix(".bin").unlink(missing_ok=True)
         return runner
