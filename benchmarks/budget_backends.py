@@ -7,16 +7,19 @@ change to its quantization section; targets ``onnxruntime:fp32`` (reference), ``
 * ``PTQ today``: ``method: percentile`` 99.99, no search (the setting edgekit shipped before tuning sets existed);
 * ``stronger PTQ``: ``method: auto`` (range method chosen label-free on the tuning images) + ``bias_correction: auto``;
 * ``PTQ + search``: the shipped recipe as it is (``method: auto`` + ``quantization.search``);
-* ``NNCF accuracy control``: ``openvino:int8`` with ``accuracy_control: true`` added to the ``PTQ today`` run: NNCF's
-  ``quantize_with_accuracy_control`` held to the same 0.5 pt mAP50-95 budget. NNCF scores its candidates on the
-  labelled *evaluation* images (it needs labels; no other row sees them), so its drop is optimistic.
+* ``NNCF accuracy control``: a run with the ``PTQ today`` settings and only ``openvino:int8`` with
+  ``accuracy_control: true``: NNCF's ``quantize_with_accuracy_control`` held to each ``--nncf-max-drops`` budget
+  (default the recipe's 0.5 pt). NNCF scores its candidates on the labelled *evaluation* images (it needs labels; no
+  other row sees them), so its drop is optimistic.
 
 Per row and target: mAP50-95 drop vs FP32 (pt) with its paired bootstrap 95% interval (the report's verdict), latency
 median and ratio vs ORT FP32 measured in the same run, and the seconds spent choosing (range tuning, bias
-correction, search; for NNCF its whole build). Ratios compare within a run only: the runs follow one another on a
+correction, and the search that priced the target's float groups: ONNX Runtime's, or OpenVINO's own with
+``search.per_backend``; for NNCF its whole build). LiteRT keeps ai-edge-quantizer's own ranges and no searched
+groups, so its rows differ only by run-to-run noise. Ratios compare within a run only: the runs follow one another on a
 shared machine.
 
-    python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--no-nncf] [--max-images N] [--out FILE]
+    python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--nncf-max-drops 0.005,0.001|none] [--max-images N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -41,50 +44,57 @@ from edgekit.targets import Target  # noqa: E402
 
 RECIPE = HERE.parent / "recipes" / "yolov5n.yaml"
 TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tflite:int8"]
-CHOICE_STAGES = ("tune ranges", "bias correction", "search")
+CHOICE_STAGES = ("tune ranges", "bias correction")  # plus the search that priced the target's float groups
 
 
-def variant_recipe(base: Recipe, row: str, nncf: bool) -> Recipe:
-    """``base`` with the quantization change of ``row`` (a deep copy: rows never share state)."""
+def variant_recipe(base: Recipe, row: str, nncf_max_drop: float | None = None) -> Recipe:
+    """``base`` with the quantization change of ``row`` (a deep copy: rows never share state). ``nncf``: the ``today``
+    settings with only ``openvino:int8`` + accuracy control (held to ``nncf_max_drop``) beside the FP32 reference."""
     recipe = base.model_copy(deep=True)
     recipe.targets = [Target.parse(t) for t in TARGETS]
     q = recipe.quantization
-    if row == "today":
+    if row in ("today", "nncf"):
         q.method, q.percentile, q.search, q.bias_correction = "percentile", 99.99, None, False
-        if nncf:
-            recipe.targets.append(Target(backend="openvino", precision="int8", accuracy_control=True))
+        if row == "nncf":
+            recipe.targets = [Target.parse("onnxruntime:fp32"), Target(backend="openvino", precision="int8", accuracy_control=True)]
+            recipe.budgets["mAP50-95"].max_drop = nncf_max_drop
     elif row == "stronger":
         q.method, q.search, q.bias_correction = "auto", None, "auto"
     elif row == "search":
         q.method = "auto"
         q.search = q.search or SearchSpec()
     else:
-        raise SystemExit(f"unknown row {row!r}: use today, stronger, search")
+        raise SystemExit(f"unknown row {row!r}: use today, stronger, search, nncf")
     return recipe
 
 
-def rows_of(report: Report, row: str) -> list[dict[str, Any]]:
+def rows_of(report: Report, row: str, max_drop: float | None = None) -> list[dict[str, Any]]:
     """One table row per measured quantized variant of ``report``."""
     ref = report.variant(report.reference)
     tuning = (report.tuning or {}).get("graphs", {}).get("model", {})
-    choose_s = round(sum(v for k, v in report.timings_s.items() if k in CHOICE_STAGES), 1)
+    ranges_s = round(sum(v for k, v in report.timings_s.items() if k in CHOICE_STAGES[:2]), 1)
     out = []
     for v in report.variants:
         if v is ref:
             continue
+        search = (tuning.get("backend_searches") or {}).get(v.backend) or (tuning.get("search") if v.backend != "tflite" else None)
         verdict = next((b for b in v.budget if b.metric == "mAP50-95"), None)
         nncf = v.name.endswith("+ac")
         lat = v.latency_ms.median if v.latency_ms else None
         out.append({
-            "row": "NNCF accuracy control" if nncf else row, "target": v.name, "status": v.status,
+            "row": f"NNCF accuracy control ({100 * max_drop:g} pt)" if nncf else row, "target": v.name, "status": v.status,
+            "max_drop": max_drop,
             "mAP50-95": v.metrics.get("mAP50-95"), "drop_pt": round(100 * verdict.drop, 2) if verdict and verdict.drop is not None else None,
             "drop_ci95_pt": [round(100 * x, 2) for x in verdict.interval] if verdict and verdict.interval else None,
             "passed": verdict.passed if verdict else None,
             "latency_ms": lat, "fp32_latency_ms": ref.latency_ms.median if ref.latency_ms else None,
             "ratio_vs_fp32": round(lat / ref.latency_ms.median, 3) if lat and ref.latency_ms else None,
-            "choose_s": report.timings_s.get(f"build {v.name}") if nncf else choose_s,
-            "ranges": (tuning.get("ranges") or {}).get("chosen") or v.manifest.get("settings", {}).get("quantization", {}).get("method"),
-            "float_groups": (tuning.get("search") or {}).get("float_groups"),
+            "choose_s": report.timings_s.get(f"build {v.name}") if nncf else round(ranges_s + (search or {}).get("seconds", 0.0), 1),
+            "search_s": None if nncf or not search else search["seconds"],
+            "search_priced_by": None if nncf or not search else search.get("backend", "onnxruntime"),
+            "ranges": "nncf" if nncf else "litert minmax" if v.backend == "tflite" else
+                      (tuning.get("ranges") or {}).get("chosen") or v.manifest.get("settings", {}).get("quantization", {}).get("method"),
+            "float_groups": None if nncf or not search else search.get("float_groups"),
             "not_built_reason": v.not_built_reason,
         })
     return out
@@ -94,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--rows", default="today,stronger,search", help="comma-separated: today, stronger, search")
-    parser.add_argument("--no-nncf", action="store_true", help="skip NNCF accuracy control (the slowest part)")
+    parser.add_argument("--nncf-max-drops", default="", help="comma-separated mAP50-95 budgets (fractions) for NNCF accuracy control runs "
+                        "(default: the recipe's; 'none' skips NNCF)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only (quick run; NNCF sees the same N)")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "budget_backends", help="run folders (git-ignored)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "budget_backends.json")
@@ -105,11 +116,14 @@ def main() -> None:
         base.evaluation.max_images = args.max_images
     shutil.rmtree(args.work, ignore_errors=True)
     rows, runs = [], {}
-    for row in args.rows.split(","):
-        recipe = variant_recipe(base, row, nncf=not args.no_nncf)
-        report = run_recipe(recipe, args.recipe, args.work / row, overwrite=True)
-        rows += rows_of(report, row)
-        runs[row] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
+    drops = [] if args.nncf_max_drops == "none" else [float(x) for x in args.nncf_max_drops.split(",") if x] or [base.budgets["mAP50-95"].max_drop]
+    plan = [(row, None) for row in args.rows.split(",") if row] + [("nncf", d) for d in drops]
+    for row, drop in plan:
+        name = row if drop is None else f"nncf_{drop:g}"
+        recipe = variant_recipe(base, row, drop)
+        report = run_recipe(recipe, args.recipe, args.work / name, overwrite=True)
+        rows += rows_of(report, row, drop)
+        runs[name] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
     device = next(iter(runs.values()))["device"]
     table = Table(title=f"YOLOv5n int8 per backend, {device.get('cpu_model')} ({', '.join(f for f in device.get('isa_flags', []) if 'vnni' in f or 'amx' in f or 'bf16' in f)}), "
                         f"{base.benchmark.threads} threads; drop vs ORT FP32 on the evaluation images with paired bootstrap 95% interval")
@@ -121,11 +135,11 @@ def main() -> None:
             continue
         ci = f" [{r['drop_ci95_pt'][0]:+.2f}, {r['drop_ci95_pt'][1]:+.2f}]" if r["drop_ci95_pt"] else ""
         groups = r["float_groups"]
-        table.add_row(r["row"], r["target"], str(r["ranges"] or ""), ", ".join(groups) if groups else "-", f"{r['drop_pt']:+.2f}{ci}",
+        table.add_row(r["row"], r["target"], str(r["ranges"] or ""), (f"{len(groups)}: {', '.join(groups[:3])}" + (", ..." if len(groups) > 3 else "")) if groups else "-", f"{r['drop_pt']:+.2f}{ci}",
                       "pass" if r["passed"] else "FAIL", f"{r['ratio_vs_fp32']:.2f}x", f"{r['choose_s']:.0f}" if r["choose_s"] is not None else "")
     Console(width=180).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, {"benchmark": "budget_backends", "recipe": str(args.recipe), "targets": TARGETS, "nncf": not args.no_nncf,
+    write_json_atomic(args.out, {"benchmark": "budget_backends", "recipe": str(args.recipe), "targets": TARGETS, "nncf_max_drops": drops,
                                  "max_images": args.max_images, "device": device, "rows": rows, "runs": runs,
                                  "command": "benchmarks/budget_backends.py " + " ".join(sys.argv[1:])})
     print(f"wrote {args.out}")

@@ -275,14 +275,15 @@ def tuning_lines(report: Report) -> list[str]:
         for backend, sr in searches:
             chosen_groups = list(sr.get("float_groups", []))
             rows = [[c.get("step", ""), (", ".join(c.get("float_groups", [])) or "(all int8)") + (" **(chosen)**" if list(c.get("float_groups", [])) == chosen_groups else ""),
-                     _num(c.get("loss_pt"), ".2f"), _num(c.get("latency_ms"), ".2f"), _num(c.get("delta_ms"), "+.2f"),
+                     _num(c.get("loss_pt"), ".2f"), _num(c.get("latency_ms"), ".2f"), _num(c.get("delta_ms"), "+.2f") + (f" ± {2 * c['se_ms']:.2f}" if c.get("se_ms") else ""),
                      "yes" if c.get("met") else "no", _num(c.get("seconds"), ".1f")] for c in sr.get("trace", [])]
             chosen = ", ".join(sr.get("float_groups", [])) or "nothing"
             priced = "ONNX Runtime" if backend == "onnxruntime" else f"{backend}, each candidate built by its own quantizer"
             lines += [f"### Mixed-precision search{where}, {backend}: groups left float: {chosen} "
                       f"({'meets' if sr.get('met') else 'does NOT meet'} the tuning budget {_num(sr.get('max_loss_pt'), '.2f')} pt)", "",
                       *_table(["step", "float groups", "loss pt", "latency ms", "vs all-int8 ms", "meets", "s"], rows), "",
-                      f"Every candidate's latency measured on this machine ({priced}, paired with the all-int8 model); "
+                      f"Every candidate's latency measured on this machine ({priced}, paired with the all-int8 model; ± two standard "
+                      "errors: a candidate replaces all int8 only when its confirmation run is faster beyond them); "
                       f"search {sr.get('seconds', 0):.0f} s ({sr.get('stopped', '')}).", ""]
         lines += [f"- {note}" for note in record.get("search_notes", [])] + ([""] if record.get("search_notes") else [])
     return lines

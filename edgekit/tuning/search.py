@@ -9,18 +9,22 @@ spent):
 1. the all-int8 baseline;
 2. *free wins*: the groups whose int8 form is clearly slower than float (sensitivity ``latency_cost_ms`` below
    -0.5% of the int8 latency, e.g. ORT's QLinearConv on 3 input channels), together, then the most negative alone;
-   the first measured faster becomes the starting point of step 3 (even if its loss is higher);
+   the first measured faster beyond noise (2 standard errors of the paired difference) within budget becomes the
+   starting point;
 3. *greedy*: when the starting point is over budget, groups ranked by loss recovered per ms of latency cost (the sensitivity table's
    float-only part, computed here if not given), then the rest (so "all float" stays reachable); the shortest
    ranked prefix that meets the budget is found by doubling then bisection (the additive estimate of the
    recoveries only picks the first prefix to try);
-4. *prune*: dropping chosen groups one at a time (cheapest recovery per ms first), kept when still within budget
-   and measured faster;
-5. *confirm*: the fastest three candidates within budget are timed again with 3x the runs (the minimum of many
-   noisy measurements is biased fast); the choice uses each candidate's latest measurement.
+4. *prune*: dropping groups of the fastest candidate within budget one at a time (cheapest recovery per ms first),
+   kept when still within budget and not measurably slower (fewer float groups win ties);
+5. *confirm*: the fastest three candidates within budget are timed again with 3x the runs, in the last quarter of
+   the time limit, which steps 1-4 leave for it (the fastest of many noisy measurements is biased fast).
 
-The answer is the fastest measured candidate within ``max_loss_pt - margin_pt``; when none is, the lowest-loss
-candidate with ``met=False`` (never an exception).
+The answer: when the all-int8 baseline meets ``max_loss_pt - margin_pt`` (the default budget is its own loss), the
+fastest *confirmed* candidate measured faster than it by more than 2 standard errors, else the baseline itself, so
+noise never buys float groups; when it does not, the fastest candidate within budget; when none is, the lowest-loss
+candidate with ``met=False`` (never an exception). On a noisy 2-core machine the usual answer is all int8 plus the
+groups whose int8 form is clearly slower.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ import onnx
 from edgekit.quantization.placement import Placement
 from edgekit.tuning.groups import Group
 from edgekit.tuning.scorer import TuningScorer
-from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, paired_latency, profile_costs
+from edgekit.tuning.sensitivity import Candidates, Progress, SensitivityTable, paired_latency_se, profile_costs
 from edgekit.tuning.sensitivity import sensitivity as sensitivity_table
 
 FREE_WIN_SHARE = 0.005  # a group counts as faster float when its cost is below -0.5% of the all-int8 latency
-MIN_COST_MS = 0.01
-CONFIRM_TOP, CONFIRM_FACTOR = 3, 3  # finalists re-timed at the end, and how many times the runs  # a recovery per ms with a cost at or below zero ranks as if it cost this much
+MIN_COST_MS = 0.01  # a recovery per ms with a cost at or below zero ranks as if it cost this much
+CONFIRM_TOP, CONFIRM_FACTOR = 3, 3  # finalists re-timed at the end, and how many times the runs
+CONFIRM_SHARE = 0.25  # of the time limit kept for the confirmation step
+SIGNIFICANT_SE = 2.0  # a candidate beats the all-int8 baseline only when faster by this many standard errors
 
 
 @dataclass
@@ -56,6 +62,12 @@ class Trial:
     met: bool
     seconds: float
     step: str
+    se_ms: float = 0.0  # standard error of delta_ms
+
+    @property
+    def faster(self) -> bool:
+        """Faster than the baseline beyond measurement noise (``SIGNIFICANT_SE`` standard errors)."""
+        return self.delta_ms + SIGNIFICANT_SE * self.se_ms < 0
 
 
 @dataclass
@@ -138,27 +150,27 @@ class _Search:
             self.base, self.base_path = self.cands.open(())
             loss = self.cands.loss((), self.base)
             self.base_timing = self.cands.timing_runner(self.base, self.base_path, ())
-            _, base_ms, _ = paired_latency(self.base_timing, self.base_timing, self.cands.feed, self.runs)
+            _, base_ms, _, _ = paired_latency_se(self.base_timing, self.base_timing, self.cands.feed, self.runs)
             trial = Trial((), loss, round(base_ms, 3), round(base_ms, 3), 0.0, loss <= self.target, 0.0, step)
         else:
             runner, path = self.cands.open(key)
             try:
                 loss = self.cands.loss(key, runner)
-                ms, base_ms, delta = self.time(runner, path, key, self.runs)
+                ms, base_ms, delta, se = self.time(runner, path, key, self.runs)
             finally:
                 self.cands.close(runner, path)
-            trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step)
+            trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step, round(se, 3))
         trial.seconds = round(time.perf_counter() - t0, 2)
         self.last_cost = trial.seconds
         self.trace.append(trial)
         self.tried[key] = trial
         return trial
 
-    def time(self, runner, path: Path, key: tuple[str, ...], runs: int) -> tuple[float, float, float]:
-        """:func:`paired_latency` of candidate ``key`` (at ``path``) against the baseline, on the timing backend."""
+    def time(self, runner, path: Path, key: tuple[str, ...], runs: int) -> tuple[float, float, float, float]:
+        """:func:`paired_latency_se` of candidate ``key`` (at ``path``) against the baseline, on the timing backend."""
         timing = self.cands.timing_runner(runner, path, key)
         try:
-            return paired_latency(self.base_timing, timing, self.cands.feed, runs)
+            return paired_latency_se(self.base_timing, timing, self.cands.feed, runs)
         finally:
             self.cands.close_timing(timing, runner)
 
@@ -170,18 +182,26 @@ class _Search:
         t0 = time.perf_counter()
         runner, path = self.cands.open(key)
         try:
-            ms, base_ms, delta = self.time(runner, path, key, runs)
+            ms, base_ms, delta, se = self.time(runner, path, key, runs)
         finally:
             self.cands.close(runner, path)
         old = self.tried[key]
-        trial = Trial(key, old.loss_pt, round(ms, 3), round(base_ms, 3), round(delta, 3), old.met, round(time.perf_counter() - t0, 2), "confirm")
+        trial = Trial(key, old.loss_pt, round(ms, 3), round(base_ms, 3), round(delta, 3), old.met, round(time.perf_counter() - t0, 2), "confirm",
+                      round(se, 3))
         self.trace.append(trial)
         self.tried[key] = trial
         return trial
 
     def best(self) -> Trial:
+        """Within budget, the fastest candidate; when the all-int8 baseline meets the budget, another candidate
+        replaces it only when its confirmation run measured it faster beyond noise (``Trial.faster``): the fastest
+        of many noisy first measurements is biased fast. Over budget everywhere: the lowest loss."""
         latest = list(self.tried.values())  # one trial per candidate: the latest measurement
         met = [t for t in latest if t.met]
+        base = self.tried.get(())
+        if base is not None and base.met:
+            proven = [t for t in met if t.float_groups and t.step == "confirm" and t.faster]
+            return min(proven, key=lambda t: t.delta_ms) if proven else base
         return min(met, key=lambda t: t.delta_ms) if met else min(latest, key=lambda t: (t.loss_pt, t.delta_ms))
 
 
@@ -213,7 +233,7 @@ def _free_wins_from_costs(s: _Search, costs: dict[str, float | None], baseline_m
         if not names:
             break
         t = s.evaluate(names, "float is faster")
-        if t is not None and t.delta_ms < 0:  # faster: the greedy step recovers any loss on top of it
+        if t is not None and t.faster and t.met:  # faster beyond noise at no loss over budget
             return t.float_groups
     return current
 
@@ -254,8 +274,9 @@ def _prune(s: _Search, table: SensitivityTable, chosen: tuple[str, ...]) -> tupl
         if s.out_of_time():
             break
         trial = s.evaluate([n for n in chosen if n != g], f"drop {g}")
-        if trial is not None and trial.met and trial.delta_ms < s.tried[chosen].delta_ms:
-            chosen = trial.float_groups
+        current = s.tried[chosen]
+        if trial is not None and trial.met and trial.delta_ms < current.delta_ms + SIGNIFICANT_SE * max(trial.se_ms, current.se_ms):
+            chosen = trial.float_groups  # fewer float groups unless measurably slower
     return chosen
 
 
@@ -297,7 +318,8 @@ def search(
     the profiler step that would make one is ONNX Runtime's."""
     start = time.perf_counter()
     cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer)
-    s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, time_limit_s, start)
+    explore_s = time_limit_s * (1 - CONFIRM_SHARE)  # the rest is kept for confirming the finalists
+    s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, explore_s, start)
     notes: list[str] = []
     sens_s = 0.0
     try:
@@ -312,7 +334,7 @@ def search(
             costs, _ = profile_costs(cands, latency_runs)
             early = _free_wins_from_costs(s, costs, base.latency_ms, ())
         if sensitivity is None and not s.out_of_time():
-            left = max(time_limit_s - (time.perf_counter() - start), 0.0)
+            left = max(explore_s - (time.perf_counter() - start), 0.0)
             sensitivity = sensitivity_table(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir,
                                             threads, latency_runs, progress, quantized_only=False, time_limit_s=left, feed=cands.feed)
             sens_s = sensitivity.seconds
@@ -324,9 +346,10 @@ def search(
             current = _free_wins(s, sensitivity, ())
             if not s.tried[current].met:
                 current = _greedy(s, sensitivity, current)
-            best = s.best()
-            if best.met and best.float_groups:
-                _prune(s, sensitivity, best.float_groups)
+            pool = [t for t in s.tried.values() if t.met and t.float_groups]
+            if pool:
+                _prune(s, sensitivity, min(pool, key=lambda t: t.delta_ms).float_groups)
+            s.limit = time_limit_s
             _confirm(s)
     finally:
         if s.base_timing is not None:

@@ -63,9 +63,16 @@ def load_runner(path: Path, threads: int):
 
 
 def paired_latency(baseline, candidate, feed: dict, runs: int, warmup: int = 3) -> tuple[float, float, float]:
-    """(candidate median, baseline median, median of the per-round differences) in ms. Each round times both (one
-    untimed settling call before each timed one, the order alternating), so the paired difference cancels the drift
-    of a shared machine far better than a difference of two medians."""
+    """(candidate median, baseline median, median of the per-round differences) in ms: :func:`paired_latency_se`
+    without the standard error."""
+    return paired_latency_se(baseline, candidate, feed, runs, warmup)[:3]
+
+
+def paired_latency_se(baseline, candidate, feed: dict, runs: int, warmup: int = 3) -> tuple[float, float, float, float]:
+    """(candidate median, baseline median, median of the per-round differences, its standard error) in ms. Each
+    round times both (one untimed settling call before each timed one, the order alternating), so the paired
+    difference cancels the drift of a shared machine far better than a difference of two medians. The standard
+    error of the median difference is 1.2533 x its standard deviation / sqrt(rounds) (normal approximation)."""
     for runner in (baseline, candidate):
         for _ in range(warmup):
             runner.infer(feed)
@@ -78,7 +85,8 @@ def paired_latency(baseline, candidate, feed: dict, runs: int, warmup: int = 3) 
             runner.infer(feed)
             (cand if which else base).append((time.perf_counter() - t0) * 1000.0)
     diffs = [c - b for c, b in zip(cand, base)]
-    return statistics.median(cand), statistics.median(base), statistics.median(diffs)
+    se = 1.2533 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return statistics.median(cand), statistics.median(base), statistics.median(diffs), se
 
 
 class Candidates:
