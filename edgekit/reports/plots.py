@@ -34,12 +34,13 @@ def _panel(x0: float, top: float, values: list[float | None], title: str, fmt: s
 
 
 def sensitivity_svg(table: dict[str, Any], top: int = 10, title: str = "") -> str:
-    """The ``top`` groups whose float form recovers most tuning loss: recovered loss (pt) and the latency cost of
-    their int8 form (ms, from the profiler; below zero the int8 form is slower) side by side."""
+    """The ``top`` groups whose float form recovers most tuning loss: recovered loss (pt) and what leaving each float
+    costs in latency (ms, from the profiler; below zero the int8 form is the slower one) side by side."""
     rows = sorted(table.get("rows", []), key=lambda r: -(r.get("recovered_pt") or 0.0))[:top]
     header = 44 + (18 if title else 0)
     height = header + len(rows) * (BAR_H + GAP) + PAD
-    width = LABEL_W + 2 * (PANEL_W + 70) + PAD
+    second = LABEL_W + PANEL_W + 150  # left edge of the latency panel
+    width = second + PANEL_W + 60
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
     if title:
@@ -49,7 +50,7 @@ def sensitivity_svg(table: dict[str, Any], top: int = 10, title: str = "") -> st
         out.append(f'<text x="{LABEL_W - 6}" y="{y + BAR_H - 5}" text-anchor="end">{escape(str(r["group"]))}</text>')
     out += _panel(LABEL_W + 30, header, [r.get("recovered_pt") for r in rows], "tuning loss recovered when float (pt)", "+.2f",
                   (RECOVERED, "#999"))
-    out += _panel(LABEL_W + PANEL_W + 130, header, [r.get("latency_cost_ms") for r in rows], "latency cost of int8 form (ms)", "+.2f",
+    out += _panel(second, header, [r.get("latency_cost_ms") for r in rows], "latency cost if left float (ms; below 0: int8 is slower)", "+.2f",
                   (COST_PLUS, COST_MINUS))
     out.append("</svg>")
     return "\n".join(out) + "\n"
