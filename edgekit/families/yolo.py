@@ -206,7 +206,7 @@ class Yolo(Family):
         from edgekit.tuning.scorer import DetectionScorer, OutputCosineScorer
 
         if purpose == "ranges":
-            return OutputCosineScorer(graph.fp32, self.tuning_files(), self.job.run.threads, lambda p: self.detector.preprocess(p)[0])
+            return OutputCosineScorer(graph.fp32, self.tuning_files(), self.job.run.threads, graph.calibration.transform)
         return DetectionScorer(graph.fp32, self.tuning_files(), self.detector, self.job.run.threads)
 
     def tuning_sets(self) -> dict[str, Any]:

@@ -33,10 +33,20 @@ def _panel(x0: float, top: float, values: list[float | None], title: str, fmt: s
     return out
 
 
+def plot_name(graph: str) -> str:
+    """The sensitivity plot's file name of ``graph`` (``report.md`` links it)."""
+    return "sensitivity.svg" if graph == "model" else f"sensitivity_{graph}.svg"
+
+
+def most_sensitive(table: dict[str, Any], top: int = 10) -> list[dict[str, Any]]:
+    """The ``top`` rows of a sensitivity table (``SensitivityTable.to_dict``) whose float form recovers most loss."""
+    return sorted(table.get("rows", []), key=lambda r: -(r.get("recovered_pt") or 0.0))[:top]
+
+
 def sensitivity_svg(table: dict[str, Any], top: int = 10, title: str = "") -> str:
     """The ``top`` groups whose float form recovers most tuning loss: recovered loss (pt) and what leaving each float
     costs in latency (ms, from the profiler; below zero the int8 form is the slower one) side by side."""
-    rows = sorted(table.get("rows", []), key=lambda r: -(r.get("recovered_pt") or 0.0))[:top]
+    rows = most_sensitive(table, top)
     header = 44 + (18 if title else 0)
     height = header + len(rows) * (BAR_H + GAP) + PAD
     second = LABEL_W + PANEL_W + 150  # left edge of the latency panel
@@ -62,7 +72,6 @@ def report_plots(report) -> dict[str, str]:
     for graph, record in ((report.tuning or {}).get("graphs") or {}).items():
         table = (record.get("search") or {}).get("sensitivity")
         if table and table.get("rows"):
-            name = "sensitivity.svg" if graph == "model" else f"sensitivity_{graph}.svg"
-            plots[name] = sensitivity_svg(table, title=f"Sensitivity of {graph}: all int8 {table.get('baseline_loss_pt', 0):.2f} pt tuning loss "
+            plots[plot_name(graph)] = sensitivity_svg(table, title=f"Sensitivity of {graph}: all int8 {table.get('baseline_loss_pt', 0):.2f} pt tuning loss "
                                                        f"({len(table['rows'])} groups)")
     return plots

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +87,20 @@ class SearchResult:
     stopped: str  # "done" or "time limit"
     sensitivity_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    sensitivity: dict[str, Any] | None = None  # the table the search ranked groups by (SensitivityTable.to_dict)
+    table: SensitivityTable | None = field(default=None, repr=False)  # the table the search ranked groups by
     backend: str = "onnxruntime"  # whose latency priced the candidates
-    table: SensitivityTable | None = field(default=None, repr=False, compare=False)  # the same table, as an object
 
     @property
     def target_pt(self) -> float:
         return self.max_loss_pt - self.margin_pt
 
+    @property
+    def sensitivity(self) -> dict[str, Any] | None:
+        return self.table.to_dict() if self.table is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        table, self.table = self.table, None  # asdict would copy the table a second time (``sensitivity`` has it)
-        try:
-            out = asdict(self)
-        finally:
-            self.table = table
-        out.pop("table")
-        return {**out, "target_pt": self.target_pt}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "table"}
+        return {**out, "trace": [asdict(t) for t in self.trace], "sensitivity": self.sensitivity, "target_pt": self.target_pt}
 
     def render(self):
         """A rich Table of the trace, the chosen candidate marked."""
@@ -359,8 +357,6 @@ def search(
     best = s.best()
     base = s.trace[0]
     stopped = "time limit" if s.hit_limit or (sensitivity is not None and not sensitivity.complete) else "done"
-    result = SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
-                          base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
-                          sens_s, notes, sensitivity.to_dict() if sensitivity is not None else None, backend)
-    result.table = sensitivity
-    return result
+    return SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
+                        base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
+                        sens_s, notes, sensitivity, backend)
