@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ class Job:
         self.inputs: dict[str, str] = {}  # input (file, or folder with its count) -> sha256
         self.graph_settings: dict[str, dict[str, Any]] = {}  # graph -> {"export", "passes"}
         self.graphs: dict[str, Graph] = {}
+        self.deferred_searches: dict[str, list[Callable[[], Any]]] = {}  # backend -> its searches, run just before its build
         self.family: Family = registry.family(recipe.model.family)(self)
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class Job:
         settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
         scorer = self.tuning_scorer(graph).subset(s.images)
 
-        def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime"):
+        def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime", score_on_timer: bool = False):
             groups = quantizer_groups(fp32, ORT_PLACEMENT, scope, graph.float_ops)
             if table is not None:  # the shared table, narrowed to the groups this scope quantizes
                 names = {g.name for g in groups}
@@ -283,7 +284,7 @@ class Job:
                 result = search(fp32, ORT_PLACEMENT, calib.ranges, scope, graph.float_ops, settings, scorer, groups,
                                 max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
                                 time_limit_s=s.time_limit_s, sensitivity=table, latency_runs=s.latency_runs, progress=progress.track,
-                                timer=timer, backend=backend)
+                                timer=timer, backend=backend, score_on_timer=score_on_timer)
             progress.log(f"search ({backend}): {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), "
                          f"tuning loss {result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
             return result
@@ -293,20 +294,35 @@ class Job:
         record["search"] = {**result.to_dict(), "tuning_images": len(scorer.samples)}
         wide = list(result.float_nodes)  # what the wide-scope backends (NNCF) add: ORT's choice unless they search their own
         for backend in self.search_backends() if s.per_backend else []:
-            scope = graph.backend_float_nodes if backend.wide_float_scope and graph.backend_float_nodes is not None else graph.float_nodes
-            timer = functools.partial(backend.candidate_runner, graph=graph, threads=self.run.threads, recipe=self.recipe)
-            try:
-                own = run(list(scope), result.table, timer, backend.name)
-            except EdgekitError as exc:
-                record.setdefault("search_notes", []).append(f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]}); "
-                                                             "it takes ONNX Runtime's float groups")
+            own_search = functools.partial(self.search_backend, graph, backend, run, result.table, record, len(scorer.samples))
+            if backend.build_last:  # it converts with JAX loaded (LiteRT): search just before its build, when nothing forks after
+                self.deferred_searches.setdefault(backend.name, []).append(own_search)
                 continue
-            record.setdefault("backend_searches", {})[backend.name] = {**own.to_dict(), "tuning_images": len(scorer.samples), "sensitivity": None}
-            if backend.wide_float_scope:
+            own = own_search()
+            if own is not None and backend.wide_float_scope:
                 wide = list(own.float_nodes)
         graph.float_nodes = list(graph.float_nodes) + list(result.float_nodes)
         if graph.backend_float_nodes is not None:
             graph.backend_float_nodes = list(graph.backend_float_nodes) + wide
+
+    def search_backend(self, graph: Graph, backend, run, table, record: dict, images: int):
+        """One backend's own search over ``graph`` (``run``: the search of :meth:`search_float_groups` on a float
+        scope), priced by its ``candidate_runner``; its choice goes to ``graph.searched_float_nodes`` (and, for a
+        wide-scope backend, is returned for ``graph.backend_float_nodes``). None when it cannot search."""
+        scope = graph.backend_float_nodes if backend.wide_float_scope and graph.backend_float_nodes is not None else graph.float_nodes
+        timer = functools.partial(backend.candidate_runner, graph=graph, threads=self.run.threads, recipe=self.recipe)
+        try:
+            own = run(list(scope), table, timer, backend.name, backend.scores_candidates)
+        except EdgekitError as exc:
+            record.setdefault("search_notes", []).append(f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]}); "
+                                                         "it takes ONNX Runtime's float groups" if backend.wide_float_scope else
+                                                         f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]})")
+            return None
+        record.setdefault("backend_searches", {})[backend.name] = {**own.to_dict(), "tuning_images": images, "sensitivity": None,
+                                                                   "scored_on": backend.name if backend.scores_candidates else "onnxruntime"}
+        if not backend.wide_float_scope:
+            graph.searched_float_nodes[backend.name] = list(own.float_nodes)
+        return own
 
     def search_backends(self) -> list:
         """The backends of the recipe's int8 targets, other than ONNX Runtime, that time search candidates themselves."""
@@ -322,6 +338,9 @@ class Job:
         builds: dict[Target, dict[str, Built]] = {}
         for target in sorted(self.recipe.targets, key=lambda t: registry.backend(t.backend).build_last):
             backend = registry.backend(target.backend)
+            for own_search in self.deferred_searches.pop(backend.name, []):
+                with self.timer(f"search {backend.name}"):
+                    own_search()
             with self.timer(f"build {target.name}"):
                 reason = backend.available()
                 if reason:

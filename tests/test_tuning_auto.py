@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 from xml.etree import ElementTree
@@ -239,3 +240,55 @@ def test_sensitivity_plot_scales_bars_to_values() -> None:
     assert bars["+3.00"] == pytest.approx(3 * bars["-1.00"], rel=0.02)  # cost panel, both signs from one zero line
     assert "n/a" in {t.text for t in svg.iter(f"{ns}text")}  # an unmeasured cost is said, not drawn as zero
     assert sensitivity_svg({"rows": rows}) == sensitivity_svg({"rows": list(rows)})  # same report, same bytes
+
+
+def test_litert_scope_regex_names_one_module_and_not_its_namesakes_deeper_down() -> None:
+    from edgekit.backends.litert.scope import module_path, module_regex
+
+    prefix = "Wrapper_x/Split_wrapped/YoloModel_model/"
+    own = module_regex(module_path("/model.2/cv1/conv/Conv"), prefix)
+    head = module_regex(module_path("/model.24/m.0/Conv"), prefix)
+    assert re.search(own, prefix + "C3_2/Conv_cv1/Conv2d_conv;2")
+    assert not re.search(own, prefix + "C3_6/Sequential_m/Bottleneck_2/Conv_cv1/Conv2d_conv;2")  # model.6.m.2.cv1
+    assert not re.search(own, prefix + "C3_6/Sequential_m/Bottleneck_2/Conv_cv1/SiLU_act;;" + prefix + "C3_2/Conv_cv1/Conv2d_conv;")
+    assert re.search(head, prefix + "Detect_24/Conv2d_0;2")  # a ModuleList is never called: no frame of its own
+    assert not re.search(head, prefix + "Detect_24/Conv2d_1;2") and not re.search(head, prefix + "Detect_24;43")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_quantizer") is None, reason='ai-edge-quantizer is not installed (pip install -e ".[tflite]")')
+def test_litert_searches_its_own_float_groups_and_keeps_onnx_float_nodes_float(tmp_path) -> None:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgekit.backends.litert.scope import scope_prefix
+
+    recipe = tiny_recipe(tmp_path, quantization__search={"time_limit_s": 60, "latency_runs": 5, "images": 8},
+                         quantization__keep_float={"nodes": ["/model.2/cv1/*"]},
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "tflite:int8"])
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    lite = report["tuning"]["graphs"]["model"]["backend_searches"]["tflite"]
+    assert lite["backend"] == "tflite" and lite["scored_on"] == "tflite" and lite["met"] and lite["trace"][0]["step"] == "all int8"
+    assert lite["sensitivity"] is None  # ONNX Runtime's table ranks the groups; LiteRT only prices and scores them
+    steps = list(report["timings_s"])
+    assert steps.index("search tflite") == steps.index("build tflite:int8") - 1  # searched just before its own build (JAX loads there)
+    variant = next(v for v in report["variants"] if v["name"] == "tflite:int8")
+    settings = variant["manifest"]["settings"]["backend"]["quantization"]
+    assert settings["searched_float_nodes"] == lite["float_nodes"]
+
+    model = fu.read_model(str(run / "tflite" / "model_int8.tflite"))
+    prefix = scope_prefix(run / "tflite" / "model_fp32.tflite")
+    graph = model.subgraphs[0]
+    convs = {fu.get_op_scope(op, graph.tensors).split(";")[0]: graph.tensors[op.outputs[0]].type for op in graph.operators
+             if model.operatorCodes[op.opcodeIndex].builtinCode == 3}  # CONV_2D -> its output's TensorType
+    def conv(*path: str) -> int:
+        return next(t for scope, t in convs.items() if scope.startswith(prefix) and scope.endswith("/".join(path) + "/torch.nn.modules.conv.Conv2d_conv"))
+    FLOAT32, INT8 = 0, 9  # TFLite TensorType
+    assert conv("C3_2", "edgekit.models.yolo.modules.Conv_cv1") == FLOAT32  # keep_float.nodes, mapped by module
+    assert conv("C3_2", "edgekit.models.yolo.modules.Conv_cv2") == INT8
+    if "model.0" in lite["float_groups"]:  # what LiteRT's own search chose (the first conv, 3 input channels, is often faster float)
+        assert conv("edgekit.models.yolo.modules.Conv_0") == FLOAT32
+    else:
+        assert conv("edgekit.models.yolo.modules.Conv_0") == INT8
+    assert "tflite, each candidate built by its own quantizer and its tuning loss scored on it" in (run / "report.md").read_text()

@@ -90,6 +90,7 @@ class Graph:
     float_nodes: list[str] = field(default_factory=list)  # ONNX nodes the shared spec keeps float
     float_ops: list[str] = field(default_factory=list)  # ONNX op types kept float
     backend_float_nodes: list[str] | None = None  # a wider float scope for backends with their own quantizer (NNCF)
+    searched_float_nodes: dict[str, list[str]] = field(default_factory=dict)  # backend -> ONNX nodes its own search left float (LiteRT)
     calibration: LazyFeeds | None = None  # the graph's calibration feeds (ONNX layout)
     ranges: dict[str, Any] = field(default_factory=dict)  # tensor -> shared calibrated Range (every placement's tensors)
     spec_tensors: frozenset[str] = frozenset()  # the tensors the shared (ORT) spec quantizes
@@ -156,6 +157,7 @@ class Backend(abc.ABC):
     runs_forms: ClassVar[bool] = False  # runs the family's quantized ONNX forms as they are (ONNX Runtime)
     wide_float_scope: ClassVar[bool] = False  # its int8 build starts from ``Graph.backend_float_nodes`` where set (NNCF)
     times_candidates: ClassVar[bool] = False  # ``candidate_runner`` prices search candidates in its own latency
+    scores_candidates: ClassVar[bool] = False  # its candidates quantize with their own ranges: the search scores their loss on them
 
     def check_recipe(self, recipe: Recipe) -> None:  # noqa: B027 (an optional hook)
         """Raise ``ValueError`` for recipe settings this backend cannot honour (called while the recipe is validated)."""

@@ -277,7 +277,8 @@ def tuning_lines(report: Report) -> list[str]:
                      _num(c.get("loss_pt"), ".2f"), _num(c.get("latency_ms"), ".2f"), _num(c.get("delta_ms"), "+.2f") + (f" ± {2 * c['se_ms']:.2f}" if c.get("se_ms") else ""),
                      "yes" if c.get("met") else "no", _num(c.get("seconds"), ".1f")] for c in sr.get("trace", [])]
             chosen = ", ".join(sr.get("float_groups", [])) or "nothing"
-            priced = "ONNX Runtime" if backend == "onnxruntime" else f"{backend}, each candidate built by its own quantizer"
+            priced = ("ONNX Runtime" if backend == "onnxruntime" else f"{backend}, each candidate built by its own quantizer" +
+                      (" and its tuning loss scored on it" if sr.get("scored_on") == backend else ""))
             lines += [f"### Mixed-precision search{where}, {backend}: groups left float: {chosen} "
                       f"({'meets' if sr.get('met') else 'does NOT meet'} the tuning budget {_num(sr.get('max_loss_pt'), '.2f')} pt)", "",
                       *_table(["step", "float groups", "loss pt", "latency ms", "vs all-int8 ms", "meets", "s"], rows), "",

@@ -146,15 +146,19 @@ class _Search:
         t0 = time.perf_counter()
         if not key:
             self.base, self.base_path = self.cands.open(())
-            loss = self.cands.loss((), self.base)
             self.base_timing = self.cands.timing_runner(self.base, self.base_path, ())
+            loss = self.cands.loss((), self.base_timing if self.cands.score_on_timer else self.base)
             _, base_ms, _, _ = paired_latency_se(self.base_timing, self.base_timing, self.cands.feed, self.runs)
             trial = Trial((), loss, round(base_ms, 3), round(base_ms, 3), 0.0, loss <= self.target, 0.0, step)
         else:
             runner, path = self.cands.open(key)
             try:
-                loss = self.cands.loss(key, runner)
-                ms, base_ms, delta, se = self.time(runner, path, key, self.runs)
+                timing = self.cands.timing_runner(runner, path, key)
+                try:
+                    loss = self.cands.loss(key, timing if self.cands.score_on_timer else runner)
+                    ms, base_ms, delta, se = paired_latency_se(self.base_timing, timing, self.cands.feed, self.runs)
+                finally:
+                    self.cands.close_timing(timing, runner)
             finally:
                 self.cands.close(runner, path)
             trial = Trial(key, loss, round(ms, 3), round(base_ms, 3), round(delta, 3), loss <= self.target, 0.0, step, round(se, 3))
@@ -307,6 +311,7 @@ def search(
     feed: dict[str, np.ndarray] | None = None,
     timer: Callable[[Path, list[str]], Any] | None = None,
     backend: str = "onnxruntime",
+    score_on_timer: bool = False,
 ) -> SearchResult:
     """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
     (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss).
@@ -316,6 +321,7 @@ def search(
     the profiler step that would make one is ONNX Runtime's."""
     start = time.perf_counter()
     cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer)
+    cands.score_on_timer = score_on_timer and timer is not None
     explore_s = time_limit_s * (1 - CONFIRM_SHARE)  # the rest is kept for confirming the finalists
     s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, explore_s, start)
     notes: list[str] = []

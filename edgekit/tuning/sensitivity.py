@@ -97,6 +97,7 @@ class Candidates:
                  feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path, list[str]], Any] | None = None) -> None:
         self.model, self.placement, self.ranges = model, placement, ranges
         self.timer = timer  # (Q/DQ path, float node patterns) -> loaded runner that times a candidate (None: the ORT runner)
+        self.score_on_timer = False  # score losses on the timer's runner (its own quantizer's candidate) instead of ORT's
         self.float_nodes, self.float_ops, self.calibration = list(float_nodes), list(float_ops), calibration
         self.scorer, self.groups, self.threads = scorer, list(groups), threads
         self.by_name = {g.name: g for g in self.groups}

@@ -32,6 +32,8 @@ class LiteRTBackend(Backend):
     build_last = True  # litert-torch loads JAX, whose threads make a later fork (OpenVINO/NNCF tooling) unsafe
     needs_torch = True
     install = "tflite"
+    times_candidates = True
+    scores_candidates = True  # ai-edge-quantizer's own ranges: a candidate's loss is its own
 
     def build(self, graph: Graph, target: Target, run: Run) -> Built:
         from edgekit.backends.litert.builder import build
@@ -42,3 +44,10 @@ class LiteRTBackend(Backend):
         from edgekit.backends.litert.runner import LiteRTRunner
 
         return LiteRTRunner(path, threads=threads, **options)
+
+    def candidate_runner(self, path: Path, float_nodes: list[str], graph: Graph, threads: int, recipe) -> Any:
+        """The ``tflite:int8`` model with ``float_nodes`` (ONNX patterns, mapped to the same modules) left float,
+        quantized from one shared calibration (:mod:`edgekit.backends.litert.candidates`)."""
+        from edgekit.backends.litert.candidates import candidate_runner
+
+        return candidate_runner(path, float_nodes, graph, threads, recipe)

@@ -59,10 +59,8 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | Non
         q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
         settings["recipe"] = "dynamic_wi8_afp32: int8 per-channel weights, activations quantized at run time"
     elif precision == "int8":
-        q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
-        kept = list(graph.torch.float_patterns)
-        for regex in kept:
-            q.update_quantization_recipe(regex, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        kept = float_regexes(fp32_path, graph, run.recipe)
+        q = int8_quantizer(fp32_path, kept)
         feeds = calibration_feeds(fp32_path, graph, run, f"calibrate tflite:int8{'' if graph.single else ' ' + graph.name}")
         with quiet_unless_interactive():  # ai-edge-quantizer's own tqdm bars flood non-interactive logs
             calibration = q.calibrate({SIGNATURE: feeds}, num_threads=run.threads)
@@ -89,6 +87,7 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | Non
                 ),
             },
             float_regex=kept,
+            searched_float_nodes=list(graph.searched_float_nodes.get("tflite", [])),
         )
     else:
         raise EdgekitError(f"tflite has no precision {precision!r}", fix="use fp32, fp16, dynamic or int8")
@@ -98,6 +97,33 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | Non
         tmp.write_bytes(bytes(result.quantized_model))
     settings["quantization_recipe"] = result.recipe
     return settings
+
+
+def int8_quantizer(fp32_path: Path, float_regexes: list[str]):
+    """ai-edge-quantizer's full-integer recipe (int8 per-channel weights, int8 activations) with the ops whose scope
+    matches ``float_regexes`` left float."""
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    op = qtyping.TFLOperationName.ALL_SUPPORTED
+    q = quantizer.Quantizer(str(fp32_path))
+    q.add_static_config(regex=".*", operation_name=op, activation_num_bits=8, weight_num_bits=8)
+    for regex in float_regexes:
+        q.update_quantization_recipe(regex, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return q
+
+
+def float_regexes(fp32_path: Path, graph: Graph, recipe, extra_nodes: list[str] | None = None) -> list[str]:
+    """The scopes int8 keeps float: the family's patterns, then the ONNX nodes of ``quantization.keep_float.nodes``,
+    of this backend's own search (``Graph.searched_float_nodes``) and ``extra_nodes``, mapped onto the ``.tflite``
+    ops of the same modules (:mod:`edgekit.backends.litert.scope`)."""
+    from edgekit.backends.litert.scope import scope_prefix, scope_regexes
+    from edgekit.onnx_io import load_onnx
+
+    q = recipe.quantization
+    nodes = [*(q.keep_float.nodes if q else []), *graph.searched_float_nodes.get("tflite", []), *(extra_nodes or [])]
+    mapped = scope_regexes(load_onnx(graph.fp32), nodes, scope_prefix(fp32_path)) if nodes else []
+    return [*graph.torch.float_patterns, *mapped]
 
 
 def quiet_unless_interactive():
@@ -238,8 +264,8 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         return Built(None, target.precision, not_built=f"LiteRT cannot load the {graph.name} graph ({_why(exc)})")
     notes = []
     q = run.recipe.quantization
-    if mode == "int8" and q is not None and (q.keep_float.nodes or q.keep_float.op_types):
-        notes.append("keep_float.nodes/op_types name ONNX nodes and are not applied to the tflite model (only the family's float patterns are)")
+    if mode == "int8" and q is not None and q.keep_float.op_types:
+        notes.append("keep_float.op_types name ONNX op types and are not applied to the tflite model (keep_float.nodes are, by module)")
     if mode == "int8":
         notes.append(settings["quantization"]["calibration"]["method"])
     files = [fp32] + ([path] if path != fp32 else [])
