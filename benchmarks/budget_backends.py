@@ -15,8 +15,9 @@ change to its quantization section; targets ``onnxruntime:fp32`` (reference), ``
 Per row and target: mAP50-95 drop vs FP32 (pt) with its paired bootstrap 95% interval (the report's verdict), latency
 median and ratio vs ORT FP32 measured in the same run, and the seconds spent choosing (range tuning, bias
 correction, and the search that priced the target's float groups: ONNX Runtime's, or OpenVINO's own with
-``search.per_backend``; for NNCF its whole build). LiteRT keeps ai-edge-quantizer's own ranges and no searched
-groups, so its rows differ only by run-to-run noise. Ratios compare within a run only: the runs follow one another on a
+``search.per_backend``, LiteRT's own (its candidates quantized by ai-edge-quantizer, scored and timed on LiteRT); for
+NNCF its whole build). LiteRT keeps ai-edge-quantizer's own ranges, so its ``today`` and ``stronger`` rows differ only
+by run-to-run noise. Ratios compare within a run only: the runs follow one another on a
 shared machine.
 
     python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--nncf-max-drops 0.005,0.001|none] [--max-images N] [--out FILE]

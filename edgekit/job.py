@@ -267,13 +267,14 @@ class Job:
         from edgekit.quantization.placement import ORT_PLACEMENT
         from edgekit.quantization.ptq import calibration_settings
         from edgekit.tuning.groups import quantizer_groups
-        from edgekit.tuning.search import search
+        from edgekit.tuning.search import held_out_scorer, search
 
         q, feeds = self.recipe.quantization, graph.calibration
         s = q.search
         calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
         settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
         scorer = self.tuning_scorer(graph).subset(s.images)
+        holdout = held_out_scorer(self.tuning_scorer(graph), s.images)
 
         def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime", score_on_timer: bool = False):
             groups = quantizer_groups(fp32, ORT_PLACEMENT, scope, graph.float_ops)
@@ -284,7 +285,7 @@ class Job:
                 result = search(fp32, ORT_PLACEMENT, calib.ranges, scope, graph.float_ops, settings, scorer, groups,
                                 max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
                                 time_limit_s=s.time_limit_s, sensitivity=table, latency_runs=s.latency_runs, progress=progress.track,
-                                timer=timer, backend=backend, score_on_timer=score_on_timer)
+                                timer=timer, backend=backend, score_on_timer=score_on_timer, holdout=holdout)
             progress.log(f"search ({backend}): {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), "
                          f"tuning loss {result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
             return result

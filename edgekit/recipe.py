@@ -119,8 +119,9 @@ class SearchSpec(_Strict):
     time_limit_s: float = Field(300, gt=0, description="wall-time limit of the search per graph")
     latency_runs: int = Field(30, ge=3, description="timed runs per candidate (median)")
     images: int | None = Field(32, ge=1, description="tuning images each candidate is scored on (the first N; None: all)")
-    per_backend: bool = Field(True, description="also search, for each other int8 target whose backend can time Q/DQ candidates "
-                              "(OpenVINO), its own float groups priced in its own latency (sharing the sensitivity table)")
+    per_backend: bool = Field(True, description="also search, for each other int8 target whose backend builds candidates "
+                              "itself (OpenVINO: timed; LiteRT: timed and scored), its own float groups priced in its own latency "
+                              "(sharing the sensitivity table)")
 
 
 class QuantizationSpec(_Strict):

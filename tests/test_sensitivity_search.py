@@ -206,3 +206,37 @@ def test_search_keeps_all_int8_unless_a_confirmed_candidate_is_faster_beyond_noi
     s.tried[()] = trial((), 6.0, 0.0, 0.0)  # all int8 over budget: the fastest candidate within it, confirmed or not
     s.tried["c",] = trial(["c"], 4.5, -4.0, 3.0)
     assert s.best().float_groups == ("c",)
+    s.tried["c", "d"] = trial(["c", "d"], 4.0, -5.0, 1.0)  # faster, but within noise of the one-group candidate: fewer groups win
+    assert s.best().float_groups == ("c",)
+    s.tried["c", "d"] = trial(["c", "d"], 4.0, -15.0, 1.0)  # faster beyond 2 standard errors
+    assert s.best().float_groups == ("c", "d")
+
+
+def test_held_out_tuning_samples_reject_a_choice_worse_than_all_int8(setup, tmp_path):
+    """Step 6 on real candidates: a float set the search would take is scored on the tuning samples it did not see;
+    worse than all int8 there (all int8 within budget) it is rejected; over budget the losses are only recorded."""
+    from edgekit.tuning.groups import quantizer_groups
+    from edgekit.tuning.search import Trial, _check_held_out, _Search, held_out_loss, held_out_scorer
+    from edgekit.tuning.sensitivity import Candidates
+
+    _, model, fp32, ranges, settings, decode, scorer = setup
+    seen, holdout = scorer.subset(8), held_out_scorer(scorer, 8)
+    assert holdout.samples == scorer.samples[8:] and seen.samples == scorer.samples[:8]
+    assert held_out_scorer(scorer, IMAGES - 4) is None and held_out_scorer(scorer, None) is None  # too few (or none) left
+    groups = quantizer_groups(model, ORT_PLACEMENT, decode, [])[:4]
+    cands = Candidates(model, ORT_PLACEMENT, ranges, decode, [], settings, seen, groups, tmp_path)
+    base = held_out_loss(cands, holdout, ())
+    for g in groups:
+        for base_met in (True, False):
+            s = _Search(cands, 50.0, 3, 60, 0.0)
+            s.tried = {(): Trial((), 4.0 if base_met else 60.0, 20.0, 20.0, 0.0, base_met, 1.0, "all int8"),
+                       (g.name,): Trial((g.name,), 3.0, 17.0, 20.0, -3.0, True, 1.0, "confirm", 0.5)}  # faster beyond noise
+            notes: list[str] = []
+            best, record = _check_held_out(s, holdout, notes)
+            loss = record["checked"][0]["loss_pt"]
+            assert record["baseline_loss_pt"] == base and record["samples"] == IMAGES - 8
+            rejected = base_met and loss > base
+            assert best.float_groups == (() if rejected else (g.name,)) and record["checked"][0]["kept"] is not rejected
+            assert bool(notes) == (loss > base)
+    assert loss == held_out_loss(cands, holdout, (groups[-1].name,))  # deterministic: re-scored from scratch
+    _no_candidates_left(tmp_path)

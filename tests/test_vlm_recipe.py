@@ -86,6 +86,9 @@ def test_llava_recipe_runs_end_to_end(tmp_path) -> None:
     data = yaml.safe_load((REPO / "recipes" / "llava.yaml").read_text())
     data["targets"] = ["onnxruntime:fp32", "onnxruntime:int4"]
     data["vlm"].update(max_images=2, speed_rounds=1)
+    # the decoder's weight-only int4 with MatMul groups float until at most 45% of the teacher-forced tokens of the
+    # tuning prompts (calibration images, never the prompt set) differ from FP32's (random weights: int4 flips ~60%)
+    data["quantization"]["search"] = {"max_loss_pt": 45.0, "time_limit_s": 60, "latency_runs": 5}
     recipe = tmp_path / "llava.yaml"
     recipe.write_text(yaml.safe_dump(data))
     out = tmp_path / "llava"
@@ -95,6 +98,15 @@ def test_llava_recipe_runs_end_to_end(tmp_path) -> None:
     assert report["variants"][0]["manifest"]["settings"]["pytorch_generation_check"]["identical_sequences"] == 2
     assert report["variants"][0]["manifest"]["settings"]["model"]["architecture"] == "llava"
     assert json.loads((out / "vlm.json").read_text())["targets"]["onnxruntime:int4"]["decoder"] == "decoder_int4.onnx"
+    search = report["tuning"]["graphs"]["decoder"]["backend_searches"]["onnxruntime:int4"]
+    assert search["met"] and search["loss_pt"] <= 45.0 < search["baseline_loss_pt"] and search["tuning_prompts"] == 4 * 2
+    assert search["sensitivity"]["scorer"].startswith("token_agreement") and search["timed_on"].startswith("one decode step")
+    assert 0 < len(search["float_groups"]) < len(search["sensitivity"]["rows"])  # some MatMul groups float, not all
+    quant = report["variants"][1]["components"]["decoder"]["settings"]["quantization"]
+    assert quant["float_matmuls"] == search["float_nodes"] and quant["quantized_matmuls"] == quant["candidate_matmuls"]
+    md = (out / "report.md").read_text()
+    assert "### Mixed-precision search of `decoder`, onnxruntime:int4" in md and "### Sensitivity of `decoder`, onnxruntime:int4" in md
+    assert "(sensitivity_decoder_onnxruntime-int4.svg)" in md and (out / "sensitivity_decoder_onnxruntime-int4.svg").is_file()
     text = edgekit("generate", out, "--prompt", "Say something.", "--max-new-tokens", "5")
     assert text.returncode == 0 and text.stdout.strip()
 

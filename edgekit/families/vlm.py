@@ -263,12 +263,79 @@ class Vlm(Family):
                         bits = 8 if mode == "int8" else 4
                         int8_head = v.lm_head == "int8" and bits == 4
                         exclude = head if v.lm_head == "float" or int8_head else []
+                        exclude = exclude + self.search_decoder(graph, mode, bits, exclude)
                         settings = quantize_weight_only(graph.fp32, path, bits, v.block_size, v.symmetric, v.accuracy_level, exclude)
                         if int8_head:  # a second pass: the only float weight MatMul left is the lm_head
                             quantize_weight_only(path, path, 8, v.block_size, v.symmetric, v.accuracy_level)
                             settings["lm_head"] = "int8"
                     settings["lm_head"] = settings.get("lm_head") or ("float" if v.lm_head == "float" else mode)
                 graph.quantized[mode] = Quantized(path, mode, settings)
+
+    def tuning_scorer(self, graph: Graph, purpose: str = "search"):
+        """The decoder: teacher-forced token agreement with FP32 on the tuning images (``quantization.tuning.images``,
+        else the calibration images; the first ``tuning.count``, default 4) x the recipe's prompts, each followed by
+        FP32's own greedy continuation (``vlm.max_new_tokens``); the fixed prompt set that measures never enters.
+        Other graphs: the default output cosine."""
+        from edgekit.quantization.calibration import calibration_images
+        from edgekit.tuning.scorer import TokenAgreementScorer
+
+        q, v = self.recipe.quantization, self.recipe.vlm
+        if graph.name != "decoder":
+            return super().tuning_scorer(graph, purpose)
+        if q is None:
+            return None
+        from edgekit.models.vlm.generate import teacher_forced
+
+        images = calibration_images(q.tuning.images or q.calibration.images, q.tuning.count or 4, warn_below=1)
+        runners = self._fp32_runners()
+        samples, step = [], None
+        try:
+            for image in progress.track("tuning prompts (FP32 continuations)", len(images)):
+                for prompt in v.prompts:
+                    ids, pixels = self.vlm.inputs(images[image], prompt)
+                    feed, first, decode = teacher_forced(runners, self.vlm.layout, ids, self.vlm.image_token_id, pixels, v.max_new_tokens)
+                    samples.append((feed, first))
+                    step = step or decode
+        finally:
+            for runner in runners.values():
+                runner.close()
+        self.tuning_images = images
+        return TokenAgreementScorer(graph.fp32, samples, self.job.run.threads, timing_feed=step)
+
+    def search_decoder(self, graph: Graph, mode: str, bits: int, exclude: list[str]) -> list[str]:
+        """``quantization.search`` on a weight-only decoder: the fastest set of MatMul groups (a layer's attention or MLP
+        projections, the lm_head) left float whose teacher-forced token agreement loss on the tuning prompts meets the
+        budget, each candidate's decode step timed on ONNX Runtime. Returns the weight MatMuls to leave float."""
+        import tempfile
+
+        from edgekit.onnx_io import load_onnx
+        from edgekit.quantization.placement import TRANSFORMER_PLACEMENT
+        from edgekit.quantization.weight_only import weight_only_builder
+        from edgekit.tuning.groups import node_patterns, quantizer_groups
+        from edgekit.tuning.search import held_out_scorer, search
+
+        q, v, job = self.recipe.quantization, self.recipe.vlm, self.job
+        s = q.search if q is not None else None
+        if s is None or not s.enabled:
+            return []
+        model = load_onnx(graph.fp32)
+        scope = node_patterns(exclude)
+        groups = quantizer_groups(model, TRANSFORMER_PLACEMENT, scope, [])
+        scorer = job.tuning_scorer(graph).subset(s.images)
+        holdout = held_out_scorer(job.tuning_scorer(graph), s.images)
+        builder = weight_only_builder(graph.fp32, bits, v.block_size, v.symmetric, v.accuracy_level)
+        with job.timer(f"search decoder {mode}"), tempfile.TemporaryDirectory(dir=job.stage, prefix=".search-") as tmp:
+            result = search(model, TRANSFORMER_PLACEMENT, {}, scope, [], {}, scorer, groups, max_loss_pt=s.max_loss_pt, workdir=Path(tmp),
+                            threads=job.run.threads, margin_pt=s.margin_pt, time_limit_s=s.time_limit_s, latency_runs=s.latency_runs,
+                            progress=progress.track, backend="onnxruntime", builder=builder, holdout=holdout)
+        progress.log(f"search (decoder {mode}): {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), "
+                     f"tuning loss {result.loss_pt:.2f} pt (all {mode} {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms per decode step")
+        record = job.tuning_record(graph)
+        record.setdefault("backend_searches", {})[f"onnxruntime:{mode}"] = {
+            **result.to_dict(), "tuning_images": len(getattr(self, "tuning_images", [])), "tuning_prompts": len(scorer.samples),
+            "timed_on": "one decode step after the first tuning prompt"}
+        by_name = {g.name: g for g in groups}
+        return [n for g in result.float_groups for n in by_name[g].nodes]
 
     # --- measurement ------------------------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ are identical across runs (tested).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,17 @@ def quantize_weight_only(src: str | Path, dst: str | Path, bits: int = 4, block_
     return {"mode": f"weight_only_int{bits}", "op": "MatMulNBits", "bits": bits, "block_size": block_size, "symmetric": symmetric,
             "accuracy_level": accuracy_level, "float_matmuls": exclude, "quantized_matmuls": quantized, "candidate_matmuls": len(targets),
             "algorithm": "round to nearest (onnxruntime MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig)"}
+
+
+def weight_only_builder(src: str | Path, bits: int, block_size: int = 32, symmetric: bool = True,
+                        accuracy_level: int | None = None) -> Callable[[list[str], Path], None]:
+    """A search candidate builder (:class:`edgekit.tuning.sensitivity.Candidates`): ``(float node patterns, out)``
+    writes ``src`` weight-only quantized with the weight MatMuls matching the patterns (fnmatch) left float."""
+    model = onnx.load(str(src))
+    names = [n.name for n in weight_matmuls(model)]
+
+    def build(float_nodes: list[str], out: Path) -> None:
+        exclude = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in float_nodes)]
+        quantize_weight_only(src, out, bits, block_size, symmetric, accuracy_level, exclude)
+
+    return build

@@ -3,6 +3,7 @@ Markdown viewer, a CI artifact page) and are byte-identical for the same report.
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
@@ -33,9 +34,19 @@ def _panel(x0: float, top: float, values: list[float | None], title: str, fmt: s
     return out
 
 
-def plot_name(graph: str) -> str:
-    """The sensitivity plot's file name of ``graph`` (``report.md`` links it)."""
-    return "sensitivity.svg" if graph == "model" else f"sensitivity_{graph}.svg"
+def plot_name(graph: str, search: str = "") -> str:
+    """The sensitivity plot's file name of ``graph`` (``report.md`` links it); ``search``: a search with a table of
+    its own (e.g. ``onnxruntime:int4`` for a VLM decoder's weight-only search)."""
+    stem = "sensitivity" if graph == "model" else f"sensitivity_{graph}"
+    return f"{stem}_{re.sub(r'[^A-Za-z0-9]+', '-', search)}.svg" if search else f"{stem}.svg"
+
+
+def sensitivity_tables(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(search label, table) of every sensitivity table in one graph's tuning record: the main search's (label ""),
+    then each other search that computed its own (``backend_searches`` reusing the main table carry None)."""
+    out = [("", (record.get("search") or {}).get("sensitivity"))]
+    out += [(name, s.get("sensitivity")) for name, s in (record.get("backend_searches") or {}).items()]
+    return [(name, table) for name, table in out if table and table.get("rows")]
 
 
 def most_sensitive(table: dict[str, Any], top: int = 10) -> list[dict[str, Any]]:
@@ -70,8 +81,8 @@ def report_plots(report) -> dict[str, str]:
     """File name -> SVG text of every plot ``report`` has data for (a sensitivity table per searched graph)."""
     plots = {}
     for graph, record in ((report.tuning or {}).get("graphs") or {}).items():
-        table = (record.get("search") or {}).get("sensitivity")
-        if table and table.get("rows"):
-            plots[plot_name(graph)] = sensitivity_svg(table, title=f"Sensitivity of {graph}: all int8 {table.get('baseline_loss_pt', 0):.2f} pt tuning loss "
-                                                       f"({len(table['rows'])} groups)")
+        for search, table in sensitivity_tables(record):
+            what = f"{graph}{f' ({search})' if search else ''}: all {'int8' if not search else search.split(':')[-1]}"
+            plots[plot_name(graph, search)] = sensitivity_svg(table, title=f"Sensitivity of {what} {table.get('baseline_loss_pt', 0):.2f} pt "
+                                                              f"tuning loss ({len(table['rows'])} groups)")
     return plots

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgekit.artifacts import atomic_path, sha256_file
 from edgekit.reports.budget import copy_interval, evaluate_budgets, resolution_line
-from edgekit.reports.plots import most_sensitive, plot_name, report_plots
+from edgekit.reports.plots import most_sensitive, plot_name, report_plots, sensitivity_tables
 from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
 from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
 
@@ -261,14 +261,15 @@ def tuning_lines(report: Report) -> list[str]:
             lines += [f"### {title}{where}: {r['metric']}", "", *_table(["candidate", "score", "loss pt", "gain / SE", "s"], rows), ""]
             if r.get("rule"):
                 lines += [f"Rule: {r['rule']}.", ""]
-        if "search" in record and record["search"].get("sensitivity"):
-            table = record["search"]["sensitivity"]
+        for search, table in sensitivity_tables(record):
             ranked = most_sensitive(table)
             rows = [[r["group"], r["kind"], str(r["nodes"]), _num(r.get("loss_float_only_pt"), ".2f"), _num(r.get("recovered_pt"), "+.2f"),
                      _num(r.get("latency_cost_ms"), "+.3f"), r.get("method", "")] for r in ranked]
-            lines += [f"### Sensitivity{where}: the {len(rows)} groups whose float form recovers most tuning loss "
-                      f"(all int8 {_num(table.get('baseline_loss_pt'), '.2f')} pt, {len(table.get('rows', []))} groups ranked)", "",
-                      f"![sensitivity{where}]({plot_name(graph)})", "",
+            label = f"{where}, {search}" if search else where
+            lines += [f"### Sensitivity{label}: the {len(rows)} groups whose float form recovers most tuning loss "
+                      f"(all {search.split(':')[-1] if search else 'int8'} {_num(table.get('baseline_loss_pt'), '.2f')} pt, "
+                      f"{len(table.get('rows', []))} groups ranked)", "",
+                      f"![sensitivity{label}]({plot_name(graph, search)})", "",
                       *_table(["group", "kind", "nodes", "loss if float pt", "recovered pt", "latency cost ms", "cost from"], rows), ""]
         searches = ([("onnxruntime", record["search"])] if "search" in record else []) + list(record.get("backend_searches", {}).items())
         for backend, sr in searches:

@@ -18,11 +18,16 @@ spent):
 4. *prune*: dropping groups of the fastest candidate within budget one at a time (cheapest recovery per ms first),
    kept when still within budget and not measurably slower (fewer float groups win ties);
 5. *confirm*: the fastest three candidates within budget are timed again with 3x the runs, in the last quarter of
-   the time limit, which steps 1-4 leave for it (the fastest of many noisy measurements is biased fast).
+   the time limit, which steps 1-4 leave for it (the fastest of many noisy measurements is biased fast);
+6. *held out*: with ``holdout`` (the tuning samples the search did not score on), a chosen float set is scored there
+   against all int8. Candidates pass the loss test on the very samples that filtered them, so their losses are biased
+   low too: when the baseline meets the budget, a set worse than all int8 on the held-out samples is rejected and the
+   next choice checked (at most three); otherwise the held-out losses are only recorded.
 
 The answer: when the all-int8 baseline meets ``max_loss_pt - margin_pt`` (the default budget is its own loss), the
 fastest *confirmed* candidate measured faster than it by more than 2 standard errors, else the baseline itself, so
-noise never buys float groups; when it does not, the fastest candidate within budget; when none is, the lowest-loss
+noise never buys float groups; when it does not, the candidate within budget with the fewest float groups among those
+not measurably slower than the fastest (2 standard errors); when none is, the lowest-loss
 candidate with ``met=False`` (never an exception). On a noisy 2-core machine the usual answer is all int8 plus the
 groups whose int8 form is clearly slower.
 """
@@ -50,6 +55,7 @@ MIN_COST_MS = 0.01  # a recovery per ms with a cost at or below zero ranks as if
 CONFIRM_TOP, CONFIRM_FACTOR = 3, 3  # finalists re-timed at the end, and how many times the runs
 CONFIRM_SHARE = 0.25  # of the time limit kept for the confirmation step
 SIGNIFICANT_SE = 2.0  # a candidate beats the all-int8 baseline only when faster by this many standard errors
+MIN_HELD_OUT = 8  # fewer held-out tuning samples than this confirm nothing (step 6 is skipped)
 
 
 @dataclass
@@ -89,6 +95,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     table: SensitivityTable | None = field(default=None, repr=False)  # the table the search ranked groups by
     backend: str = "onnxruntime"  # whose latency priced the candidates
+    held_out: dict[str, Any] | None = None  # step 6: samples, all-int8 loss and each checked choice's loss there
 
     @property
     def target_pt(self) -> float:
@@ -127,6 +134,7 @@ class _Search:
         self.trace: list[Trial] = []
         self.tried: dict[tuple[str, ...], Trial] = {}
         self.base = self.base_path = self.base_timing = None
+        self.rejected: set[tuple[str, ...]] = set()  # float sets worse than all int8 on the held-out samples
         self.last_cost = 0.0
         self.hit_limit = False
 
@@ -197,14 +205,66 @@ class _Search:
     def best(self) -> Trial:
         """Within budget, the fastest candidate; when the all-int8 baseline meets the budget, another candidate
         replaces it only when its confirmation run measured it faster beyond noise (``Trial.faster``): the fastest
-        of many noisy first measurements is biased fast. Over budget everywhere: the lowest loss."""
-        latest = list(self.tried.values())  # one trial per candidate: the latest measurement
+        of many noisy first measurements is biased fast. Otherwise, among candidates within budget not measurably slower
+        than the fastest, the fewest float groups. Over budget everywhere: the lowest loss."""
+        latest = [t for k, t in self.tried.items() if k not in self.rejected]  # one trial per candidate: the latest measurement
         met = [t for t in latest if t.met]
         base = self.tried.get(())
         if base is not None and base.met:
             proven = [t for t in met if t.float_groups and t.step == "confirm" and t.faster]
             return min(proven, key=lambda t: t.delta_ms) if proven else base
-        return min(met, key=lambda t: t.delta_ms) if met else min(latest, key=lambda t: (t.loss_pt, t.delta_ms))
+        if not met:
+            return min(latest, key=lambda t: (t.loss_pt, t.delta_ms))
+        fastest = min(met, key=lambda t: t.delta_ms)
+        # as in the prune step: fewer float groups unless measurably slower than the fastest
+        ties = [t for t in met if t.delta_ms < fastest.delta_ms + SIGNIFICANT_SE * max(t.se_ms, fastest.se_ms)]
+        return min(ties, key=lambda t: (len(t.float_groups), t.delta_ms))
+
+
+def held_out_scorer(scorer: TuningScorer, scored: int | None) -> TuningScorer | None:
+    """The tuning samples after the first ``scored`` (those the search scores on), when there are enough to confirm on."""
+    rest = scorer.rest(scored)
+    return rest if rest is not None and len(rest.samples) >= MIN_HELD_OUT else None
+
+
+def held_out_loss(cands: Candidates, scorer: TuningScorer, key: tuple[str, ...]) -> float:
+    """Loss of candidate ``key`` on ``scorer``'s samples (on the timing backend's build when it scores candidates)."""
+    runner, path = cands.open(key)
+    try:
+        target = cands.timing_runner(runner, path, key) if cands.score_on_timer else runner
+        try:
+            return scorer.loss_pt(scorer.score(target))
+        finally:
+            cands.close_timing(target, runner)
+    finally:
+        cands.close(runner, path)
+
+
+def _check_held_out(s: _Search, holdout: TuningScorer, notes: list[str]) -> tuple[Trial, dict[str, Any]]:
+    """Step 6: the choice scored on the held-out samples against all int8; rejected (and the next choice checked)
+    when worse there and the baseline meets the budget."""
+    best = s.best()
+    record: dict[str, Any] = {"samples": len(holdout.samples), "baseline_loss_pt": None, "checked": []}
+    if not best.float_groups:
+        return best, record
+    record["baseline_loss_pt"] = base_loss = held_out_loss(s.cands, holdout, ())
+    enforce = s.tried[()].met
+    for _ in range(CONFIRM_TOP):
+        loss = held_out_loss(s.cands, holdout, best.float_groups)
+        worse = loss > base_loss
+        record["checked"].append({"float_groups": list(best.float_groups), "loss_pt": loss, "kept": not (worse and enforce)})
+        if not (worse and enforce):
+            if worse:
+                notes.append(f"held out: the choice loses {loss:.2f} pt on {len(holdout.samples)} held-out tuning samples, "
+                             f"all int8 {base_loss:.2f}")
+            return best, record
+        notes.append(f"held out: {', '.join(best.float_groups)} rejected ({loss:.2f} pt on {len(holdout.samples)} held-out "
+                     f"tuning samples, all int8 {base_loss:.2f})")
+        s.rejected.add(best.float_groups)
+        best = s.best()
+        if not best.float_groups:
+            break
+    return best, record
 
 
 def _ranked(table: SensitivityTable, exclude: set[str]) -> list[str]:
@@ -312,15 +372,18 @@ def search(
     timer: Callable[[Path, list[str]], Any] | None = None,
     backend: str = "onnxruntime",
     score_on_timer: bool = False,
+    builder: Callable[[list[str], Path], None] | None = None,
+    holdout: TuningScorer | None = None,
 ) -> SearchResult:
     """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
     (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss).
 
     ``timer`` ((Q/DQ path, float node patterns) -> loaded runner) times candidates on another backend (``backend``
     names it), e.g. the IR NNCF builds with those nodes ignored; losses are still scored by ``scorer`` (ONNX Runtime). Give it a ``sensitivity`` table:
-    the profiler step that would make one is ONNX Runtime's."""
+    the profiler step that would make one is ONNX Runtime's. ``holdout``: tuning samples ``scorer`` does not hold, on
+    which the choice is confirmed against all int8 (step 6)."""
     start = time.perf_counter()
-    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer)
+    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer, builder)
     cands.score_on_timer = score_on_timer and timer is not None
     explore_s = time_limit_s * (1 - CONFIRM_SHARE)  # the rest is kept for confirming the finalists
     s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, explore_s, start)
@@ -340,7 +403,8 @@ def search(
         if sensitivity is None and not s.out_of_time():
             left = max(explore_s - (time.perf_counter() - start), 0.0)
             sensitivity = sensitivity_table(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir,
-                                            threads, latency_runs, progress, quantized_only=False, time_limit_s=left, feed=cands.feed)
+                                            threads, latency_runs, progress, quantized_only=False, time_limit_s=left, feed=cands.feed,
+                                            builder=builder)
             sens_s = sensitivity.seconds
             if not sensitivity.complete:
                 notes.append(f"sensitivity incomplete: {len(sensitivity.rows)} of {len(cands.groups)} groups ranked")
@@ -360,9 +424,13 @@ def search(
             cands.close_timing(s.base_timing, s.base)
         if s.base is not None:
             cands.close(s.base, s.base_path)
-    best = s.best()
+    held_out = None
+    if holdout is not None:
+        best, held_out = _check_held_out(s, holdout, notes)
+    else:
+        best = s.best()
     base = s.trace[0]
     stopped = "time limit" if s.hit_limit or (sensitivity is not None and not sensitivity.complete) else "done"
     return SearchResult(list(best.float_groups), cands.patterns(best.float_groups), best.loss_pt, best.latency_ms, best.delta_ms, best.met,
                         base.loss_pt, base.latency_ms, max_loss_pt, margin_pt, s.trace, round(time.perf_counter() - start, 1), stopped,
-                        sens_s, notes, sensitivity, backend)
+                        sens_s, notes, sensitivity, backend, held_out)

@@ -46,7 +46,10 @@ LATENCY_METHODS = ("profile", "measured")
 
 
 def latency_feed(scorer: TuningScorer) -> dict[str, np.ndarray]:
-    """One real tuning input for latency runs: the scorer's first sample through its own preprocessing."""
+    """One real tuning input for latency runs: the scorer's ``timing_feed`` when it has one (a decoder's decode
+    step), else its first sample through its own preprocessing."""
+    if getattr(scorer, "timing_feed", None) is not None:
+        return scorer.timing_feed
     sample = scorer.samples[0]
     if hasattr(scorer, "detector"):
         return scorer.detector.preprocess(sample)[0]
@@ -94,8 +97,10 @@ class Candidates:
 
     def __init__(self, model: onnx.ModelProto, placement: Placement, ranges: dict, float_nodes: list[str], float_ops: list[str],
                  calibration: dict, scorer: TuningScorer, groups: Sequence[Group], workdir: str | Path, threads: int = 2,
-                 feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path, list[str]], Any] | None = None) -> None:
+                 feed: dict[str, np.ndarray] | None = None, timer: Callable[[Path, list[str]], Any] | None = None,
+                 builder: Callable[[list[str], Path], None] | None = None) -> None:
         self.model, self.placement, self.ranges = model, placement, ranges
+        self.builder = builder  # (float node patterns, out path) -> writes a candidate another way (weight-only); None: Q/DQ ``place``
         self.timer = timer  # (Q/DQ path, float node patterns) -> loaded runner that times a candidate (None: the ORT runner)
         self.score_on_timer = False  # score losses on the timer's runner (its own quantizer's candidate) instead of ORT's
         self.float_nodes, self.float_ops, self.calibration = list(float_nodes), list(float_ops), calibration
@@ -125,9 +130,12 @@ class Candidates:
             extra = node_patterns([n for n in self.quantized if n not in keep])
         else:
             extra = self.patterns(key)
-        qdq, _ = place(self.model, self.placement, self.ranges, self.float_nodes + extra, self.float_ops, self.calibration)
         tag = hashlib.sha256(json.dumps([only, key]).encode()).hexdigest()[:16]
         path = self.workdir / f"candidate_{tag}.onnx"
+        if self.builder is not None:
+            self.builder(self.float_nodes + extra, path)
+            return path
+        qdq, _ = place(self.model, self.placement, self.ranges, self.float_nodes + extra, self.float_ops, self.calibration)
         onnx.save(qdq, str(path))
         return path
 
@@ -320,16 +328,18 @@ def sensitivity(
     latency: str = "profile",
     time_limit_s: float | None = None,
     feed: dict[str, np.ndarray] | None = None,
+    builder: Callable[[list[str], Path], None] | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of ``groups`` (a subset of :func:`quantizer_groups` is fine: the others stay int8).
 
     ``quantized_only=False`` skips the "only this group int8" pass; ``latency`` is ``profile`` or ``measured``;
-    ``time_limit_s`` stops before the next group once spent (``complete=False``).
+    ``time_limit_s`` stops before the next group once spent (``complete=False``); ``builder`` writes candidates
+    another way than Q/DQ (e.g. :func:`edgekit.quantization.weight_only.weight_only_builder`).
     """
     if latency not in LATENCY_METHODS:
         raise ValueError(f"latency must be one of {LATENCY_METHODS}, not {latency!r}")
     start = time.perf_counter()
-    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed)
+    cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, builder=builder)
     all_names = [g.name for g in cands.groups]
     base, base_path = cands.open(())
     notes: list[str] = []

@@ -89,3 +89,24 @@ def generate(
 def greedy_generate(runners: dict, layout: CacheLayout, input_ids: np.ndarray, image_token_id: int, pixel_values: np.ndarray | None, max_new_tokens: int, eos_token_ids: Collection[int] = ()) -> list[int]:
     """The greedy tokens only (see :func:`generate`)."""
     return generate(runners, layout, input_ids, image_token_id, pixel_values, max_new_tokens, eos_token_ids).tokens
+
+
+def teacher_forced(runners: dict, layout: CacheLayout, input_ids: np.ndarray, image_token_id: int, pixel_values: np.ndarray | None,
+                   max_new_tokens: int) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:
+    """(prefill feed, first, decode feed) for label-free decoder tuning: the prompt followed by these runners' own
+    greedy continuation, as one prefill, whose logits from position ``first`` on predict that continuation; and one
+    decode step (the continuation's first token after the prompt's cache), what generation repeats, for timing."""
+    tokens = greedy_generate(runners, layout, input_ids, image_token_id, pixel_values, max_new_tokens)
+    prompt = prompt_embeddings(runners, input_ids, image_token_id, pixel_values)
+    n = input_ids.shape[1]
+    continuation = runners["embed"].infer({"input_ids": np.array([tokens[:-1]], np.int64)})["inputs_embeds"] if len(tokens) > 1 else prompt[:, :0]
+    embeds = np.concatenate([prompt, continuation], axis=1)
+    total = embeds.shape[1]
+    feed = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), np.int64), "position_ids": np.arange(total, dtype=np.int64)[None],
+            **layout.empty()}
+    out = runners["decoder"].infer({"inputs_embeds": prompt, "attention_mask": np.ones((1, n), np.int64),
+                                    "position_ids": np.arange(n, dtype=np.int64)[None], **layout.empty()})
+    step = {"inputs_embeds": runners["embed"].infer({"input_ids": np.array([[tokens[0]]], np.int64)})["inputs_embeds"],
+            "attention_mask": np.ones((1, n + 1), np.int64), "position_ids": np.array([[n]], np.int64),
+            **{p: out[q] for p, q in zip(layout.past_names(), layout.present_names())}}
+    return feed, n - 1, step
