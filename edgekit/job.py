@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -156,6 +157,9 @@ class Job:
         if q.bias_correction:
             with self.timer(self._label(graph.name, "bias correction")):
                 self.bias_correct(graph, fp32, result)
+        if self.wants_qat(graph):
+            with self.timer(self._label(graph.name, "qat")):
+                self.qat(graph, result)
         path = self.stage / f"{graph.name}_int8.onnx"
         spec_settings = result.spec.settings
         save_onnx(result.model, path, {"edgekit_version": edgekit.__version__, "precision": "int8", "quantization": json.dumps(spec_settings, sort_keys=True)})
@@ -192,6 +196,45 @@ class Job:
             result.model, result.spec = model, spec
         else:
             result.spec.settings = {**result.spec.settings, "bias_correction": "off (no evidence on the tuning images)"}
+
+    def wants_qat(self, graph: Graph) -> bool:
+        """``mode: qat``, or ``auto`` when the search's choice missed ``search.max_loss_pt`` on the tuning images."""
+        q = self.recipe.quantization
+        if q.mode == "auto":
+            missed = not self.tuning_record(graph).get("search", {}).get("met", True)
+            self.tuning_record(graph)["qat_decision"] = "QAT: the search missed max_loss_pt" if missed else "PTQ: the search met max_loss_pt"
+            return missed
+        return q.mode == "qat"
+
+    def qat(self, graph: Graph, result) -> None:
+        """Label-free QAT of ONNX Runtime's Q/DQ graph (``edgekit.qat``): FP32 teaches it on the QAT images (the
+        calibration folder unless ``qat.images`` names others). Checkpoints live in the cache (keyed by graph, images
+        and settings), so an interrupted export resumes training where it stopped."""
+        from edgekit.qat.distill import QatSettings, train
+        from edgekit.quantization.calibration import cache_dir, calibration_images, sample_digest
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        c = q.qat
+        folders = c.images or [q.calibration.images]
+        items = [p for folder in folders for p in calibration_images(folder, c.count or 10**9, warn_below=1)]
+        self.record_samples(f"qat images {graph.name}", items)
+        settings = QatSettings(steps=c.steps, lr=c.lr, scale_lr=c.scale_lr or c.lr, batch=c.batch, seed=c.seed, learn_scales=c.learn_scales,
+                               flip=c.flip, checkpoint_every=c.checkpoint_every, threads=self.run.threads)
+        digest = hashlib.sha256(result.model.SerializeToString(deterministic=True))
+        for item in items:
+            digest.update(sample_digest(item).encode())
+        checkpoint = cache_dir().parent / "qat" / f"{graph.name}-{digest.hexdigest()[:16]}"
+        out = train(result.model, graph.fp32, items, feeds.transform, settings, self.family.qat_loss(graph.name), checkpoint)
+        result.model = out.model
+        losses = out.losses
+        record = {"images": len(items), "folders": [str(f) for f in folders], "settings": out.settings, "seconds": round(out.seconds, 1),
+                  "resumed_from_step": out.resumed_from, "peak_rss_mb": round(out.peak_rss_mb),
+                  "loss_first_10": round(float(np.mean(losses[:10])), 5), "loss_last_10": round(float(np.mean(losses[-10:])), 5),
+                  "reaches": ["onnxruntime:int8"]}
+        result.spec.settings = {**result.spec.settings, "qat": record}
+        self.tuning_record(graph)["qat"] = record
+        progress.log(f"QAT: {c.steps} steps on {len(items)} images in {out.seconds:.0f} s, distillation loss "
+                     f"{record['loss_first_10']:.4f} -> {record['loss_last_10']:.4f}")
 
     def score_candidates(self, scorer, candidates, count: int, label: str) -> list[dict[str, Any]]:
         """Each ``(name, Q/DQ model)`` saved to a temporary file beside the run and scored with its fold scores: the

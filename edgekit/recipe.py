@@ -124,6 +124,22 @@ class SearchSpec(_Strict):
                               "(sharing the sensitivity table)")
 
 
+class QatSpec(_Strict):
+    """Label-free QAT of the ONNX Runtime Q/DQ graph, distilled from the FP32 model (edgekit.qat)."""
+
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch: int = Field(2, ge=1, description="images per step (gradients accumulated image by image)")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate of the float master weights and biases")
+    scale_lr: float | None = Field(None, gt=0, description="Adam learning rate of the activation scales (default: lr)")
+    learn_scales: bool = Field(True, description="train activation scales (LSQ-style) as well as weights")
+    images: list[PathText] | None = Field(None, description="unlabelled training image folders (default: the calibration folder); "
+                                          "never the evaluation folder")
+    count: int | None = Field(None, ge=1, description="images taken from each folder (the first N by name; None: all)")
+    flip: bool = Field(True, description="random horizontal flips (seeded per step)")
+    seed: int = 0
+    checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints (an interrupted run resumes from the last)")
+
+
 class QuantizationSpec(_Strict):
     enabled: bool = Field(True, description="false: no quantization (every quantized target is refused, naming this key)")
     calibration: CalibrationSpec
@@ -136,6 +152,9 @@ class QuantizationSpec(_Strict):
     bias_correction_samples: int = Field(32, ge=1, description="calibration samples the mean shifts are measured on")
     tuning: TuningSpec = Field(default_factory=TuningSpec)
     search: SearchSpec | None = Field(None, description="budget-driven mixed precision on ONNX Runtime's placement (edgekit.tuning.search)")
+    mode: Literal["ptq", "qat", "auto"] = Field("ptq", description="qat: distil the ONNX Runtime int8 graph from FP32 after PTQ; "
+                                                 "auto: only when the search's choice misses search.max_loss_pt on the tuning images")
+    qat: QatSpec = Field(default_factory=QatSpec)
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
     keep_float: KeepFloat = Field(default_factory=KeepFloat)
@@ -229,6 +248,21 @@ class _Recipe(_Strict):
             raise ValueError(f"{', '.join(odd)}: the {family.name} family makes no such ONNX form (onnxruntime int4/dynamic targets are for vlm "
                              f"decoders); use {odd[0].split(':')[0]}:{family.forms[0]}")
         family.check_recipe(self)
+        return self
+
+    @model_validator(mode="after")
+    def _qat_rules(self) -> _Recipe:
+        q = self.quantization
+        if q is None or q.mode == "ptq":
+            return self
+        if not registry.family(self.model.family).supports_qat:
+            raise ValueError(f"quantization.mode: {q.mode}: the {self.model.family} family has no QAT loss yet; use mode: ptq")
+        if q.mode == "auto" and (q.search is None or not q.search.enabled or q.search.max_loss_pt is None):
+            raise ValueError("quantization.mode: auto decides on the search's budget: set quantization.search.max_loss_pt")
+        if self.evaluation is not None and q.qat.images:
+            held = Path(str(self.evaluation.dataset.images)).resolve()
+            if any(Path(str(f)).resolve() == held for f in q.qat.images):
+                raise ValueError("quantization.qat.images names the evaluation folder: QAT must train on other images")
         return self
 
     @model_validator(mode="after")

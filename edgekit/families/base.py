@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel
 
 from edgekit.backends.base import AccuracyCheck, Feed, Graph, LazyFeeds, TorchSource
+from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
     from edgekit.job import Job
@@ -74,6 +75,7 @@ class Family:
     forms: ClassVar[tuple[str, ...]] = ("int8",)  # quantized ONNX forms its quantization makes (ORT runs them)
     metrics: ClassVar[tuple[str, ...]] = ()
     main_graph: ClassVar[str | None] = None
+    supports_qat: ClassVar[bool] = False  # ``qat_loss`` gives a distillation loss for ``quantization.mode: qat``
     keep_raw: ClassVar[bool] = True  # keep the unfused ``<graph>_fp32_raw.onnx`` exports in the run folder  # the graph a variant's ``model_path`` names (None: the first)  # metrics ``evaluate`` returns (budgets may name these)
 
     def __init__(self, job: Job) -> None:
@@ -144,6 +146,10 @@ class Family:
 
             items = calibration_images(q.tuning.images, q.tuning.count or q.calibration.count, warn_below=1)
         return OutputCosineScorer(graph.fp32, items[: q.tuning.count or None], self.job.run.threads, feeds.transform)
+
+    def qat_loss(self, graph: str):
+        """``(student_output, teacher_output) -> loss`` on the graph's first output, for label-free QAT."""
+        raise EdgekitError(f"the {self.name} family has no QAT loss", fix="use quantization.mode: ptq")
 
     def tuning_sets(self) -> dict[str, Any]:
         """For the report: the samples that chose settings and those that measured them."""

@@ -73,6 +73,7 @@ def coco_validation_fn(detector, annotations: str | Path) -> Callable[[Any, Iter
 class Yolo(Family):
     name = "yolo"
     metrics = ("mAP50-95", "mAP50")
+    supports_qat = True
 
     @classmethod
     def check_recipe(cls, recipe) -> None:
@@ -208,6 +209,11 @@ class Yolo(Family):
         if purpose == "ranges":
             return OutputCosineScorer(graph.fp32, self.tuning_files(), self.job.run.threads, graph.calibration.transform)
         return DetectionScorer(graph.fp32, self.tuning_files(), self.detector, self.job.run.threads)
+
+    def qat_loss(self, graph: str):
+        from edgekit.qat.distill import detection_loss
+
+        return detection_loss
 
     def tuning_sets(self) -> dict[str, Any]:
         from edgekit.tuning.proxy import TuningSet

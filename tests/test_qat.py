@@ -1,0 +1,172 @@
+"""QAT over the deployed Q/DQ graph: the simulation matches ONNX Runtime, training is deterministic and resumes, and
+the export writes the trained numbers back into the same graph. Real YOLOv5n weights and real COCO images."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from edgekit.errors import EdgekitError
+from edgekit.qat.distill import QatSettings, detection_loss, train
+from edgekit.qat.graph import QdqGraph
+from edgekit.quantization.ptq import quantize_static
+
+
+@pytest.fixture(scope="module")
+def int8(fp32_onnx, yolo, calib_images):
+    family, _ = yolo
+    model = onnx.load(fp32_onnx)
+    result = quantize_static(model, calib_images[:8], lambda p: family.preprocess(p)[0], float_nodes=family.float_nodes(model), use_cache=False)
+    return result.model
+
+
+@pytest.fixture(scope="module")
+def images(yolo, calib_images):
+    family, _ = yolo
+    return [family.preprocess(p)[0]["images"] for p in calib_images[8:14]]
+
+
+def _session(model: onnx.ModelProto | str, optimize: bool = True) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _score_gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a[..., 4:] - b[..., 4:]).mean())
+
+
+def _gaps(model: onnx.ModelProto, graph: QdqGraph, fp32: str, images) -> tuple[float, float, float]:
+    """(simulation vs ORT, ORT optimised vs ORT unoptimised, int8 vs FP32): mean score differences over images."""
+    optimized, plain, float_ = _session(model), _session(model, optimize=False), _session(fp32)
+    sim_ort, ort_ort, q_fp = [], [], []
+    for x in images:
+        with torch.no_grad():
+            sim = graph(torch.from_numpy(x))[0].numpy()
+        yo, yp, yf = (s.run(None, {"images": x})[0] for s in (optimized, plain, float_))
+        sim_ort.append(_score_gap(sim, yp))
+        ort_ort.append(_score_gap(yo, yp))
+        q_fp.append(_score_gap(yo, yf))
+    return float(np.mean(sim_ort)), float(np.mean(ort_ort)), float(np.mean(q_fp))
+
+
+def test_fake_quant_graph_reproduces_the_deployed_qdq_model(int8, fp32_onnx, images):
+    """Before training the simulation differs from ORT no more than ORT's two execution modes differ from each
+    other (rounding ties, accumulation order), and far less than int8 differs from FP32."""
+    graph = QdqGraph(int8).eval()
+    sim_ort, ort_ort, q_fp = _gaps(int8, graph, str(fp32_onnx), images[:3])
+    assert sim_ort <= 1.5 * ort_ort, (sim_ort, ort_ort)
+    assert sim_ort <= 0.7 * q_fp, (sim_ort, q_fp)
+    # layer by layer: the first quantized conv output equals ORT's up to one step on ties
+    first = next(n.output[0] for n in int8.graph.node if n.op_type == "QuantizeLinear" and "conv" in n.input[0].lower())
+    probe = onnx.ModelProto()
+    probe.CopyFrom(int8)
+    probe.graph.output.append(helper.make_tensor_value_info(first, onnx.TensorProto.UINT8, None))
+    want = _session(probe, optimize=False).run([first], {"images": images[0]})[0].astype(np.int32)
+    graph.outputs = [*graph.outputs, first]
+    with torch.no_grad():
+        got = graph(torch.from_numpy(images[0]))[1].numpy().astype(np.int32)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-4
+
+
+def test_untrained_export_is_the_same_graph(int8):
+    """The int8 weights, weight scales and int32 biases derived from the master weights are those PTQ wrote."""
+    exported = QdqGraph(int8).export()
+    before = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in exported.graph.initializer}
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        assert after[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_distillation_is_deterministic_resumes_and_exports_what_it_trained(int8, fp32_onnx, images, yolo, calib_images, tmp_path):
+    settings = QatSettings(steps=4, batch=2, lr=1e-4, scale_lr=1e-4, checkpoint_every=2)
+    family, _ = yolo
+    items, transform = calib_images[8:14], lambda p: family.preprocess(p)[0]
+    whole = train(int8, fp32_onnx, items, transform, settings)
+    assert len(whole.losses) == 4 and all(np.isfinite(whole.losses))
+    # interrupted after 2 steps (checkpoint written), then resumed by a fresh call: the same bytes as one run
+    folder = tmp_path / "ckpt"
+    first = train(int8, fp32_onnx, items, transform, settings, checkpoint=folder, stop_after=2)
+    assert (folder / "state.safetensors").is_file() and first.resumed_from == 0 and len(first.losses) == 2
+    resumed = train(int8, fp32_onnx, items, transform, settings, checkpoint=folder)
+    assert resumed.resumed_from == 2 and resumed.losses == whole.losses
+    assert resumed.model.SerializeToString(deterministic=True) == whole.model.SerializeToString(deterministic=True)
+    # training changed the int8 weights, and ORT running the exported graph matches the trained simulation
+    changed = sum(
+        not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+        for a, b in zip(int8.graph.initializer, whole.model.graph.initializer, strict=True)
+    )
+    assert changed > 10
+    trained = QdqGraph(whole.model).eval()
+    sim_ort, ort_ort, _ = _gaps(whole.model, trained, str(fp32_onnx), images[:2])
+    assert sim_ort <= 1.5 * ort_ort, (sim_ort, ort_ort)
+
+
+def test_detection_loss_is_zero_only_at_the_teacher():
+    rng = np.random.default_rng(0)
+    teacher = torch.from_numpy(np.concatenate([rng.uniform(0, 640, (1, 50, 4)), rng.uniform(0, 1, (1, 50, 81))], -1).astype(np.float32))
+    same = detection_loss(teacher, teacher)
+    assert abs(float(same)) < 1e-5
+    moved = teacher.clone()
+    moved[..., 0] += 5.0
+    assert float(detection_loss(moved, teacher)) > float(same)
+    assert float(detection_loss(teacher.flip(1), teacher)) > float(same)
+
+
+def test_unsupported_ops_are_named():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g", [x], [y]))
+    with pytest.raises(EdgekitError, match="Softmax"):
+        QdqGraph(model)
+
+
+def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
+    """``quantization.mode: qat`` in a real export: SIGINT mid-training exits 130 leaving the checkpoint in the cache;
+    the same command again resumes from it, and the report records the training and where it resumed."""
+    import json
+    import signal
+    import time
+
+    from conftest import edgekit
+    from faults.test_out_dir import finish, start_export
+    from faults.tiny import tiny_recipe
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEKIT_CACHE", str(cache))
+    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 400, "batch": 1, "checkpoint_every": 20, "count": 8})
+    proc = start_export(recipe, tmp_path / "out")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(cache.glob("qat/*/state.json")) and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(cache.glob("qat/*/state.json")), "no QAT checkpoint appeared"
+    proc.send_signal(signal.SIGINT)
+    interrupted = finish(proc)
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    saved = json.loads(next(cache.glob("qat/*/state.json")).read_text())["step"]
+    assert 0 < saved < 400
+    again = edgekit("export", recipe, "--out", tmp_path / "out")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    record = report["tuning"]["graphs"]["model"]["qat"]
+    assert record["resumed_from_step"] >= saved and record["settings"]["steps"] == 400 and record["images"] == 8
+    int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
+    assert int8["status"] == "measured"
+    assert "qat" in json.dumps(int8["manifest"]["settings"])
+
+
+def test_recipe_refuses_qat_on_the_evaluation_images(tmp_path):
+    from conftest import COCO, edgekit
+    from faults.tiny import assert_one_line_error, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"images": [str(COCO / "images")]})
+    assert_one_line_error(edgekit("export", recipe, "--out", tmp_path / "out"), "evaluation folder")
