@@ -1,10 +1,11 @@
 """PTQ against label-free QAT on ONNX Runtime, through edgekit's job (``edgekit export`` of ``recipes/yolov5n.yaml``).
 
-Two runs of the recipe with targets ``onnxruntime:fp32`` (reference) and ``onnxruntime:int8``, the same ranges
+Two runs of the recipe with targets ``onnxruntime:fp32`` (reference), ``onnxruntime:int8`` and ``openvino:int8``, the same ranges
 (``method: percentile`` 99.99, no search, so that only QAT differs), one with ``quantization.mode: ptq`` and one with
 ``mode: qat`` (``quantization.qat`` from the recipe, or ``--steps`` / ``--lr`` / ``--qat-images``). QAT trains on the
 calibration folder plus ``--qat-images`` (default the first 400 ImageNet sample images); the evaluation images are only
-measured. Per row: mAP50-95 drop vs FP32 with its paired bootstrap 95% interval, latency ratio vs ORT FP32 in the
+measured. In the PTQ run OpenVINO's int8 is NNCF's (``openvino.int8_from: auto``); in the QAT run OpenVINO imports the
+trained Q/DQ graph. Per row: mAP50-95 drop vs FP32 with its paired bootstrap 95% interval, latency ratio vs ORT FP32 in the
 same run, QAT training seconds and peak memory (RSS of the process).
 
     python benchmarks/qat.py [--steps 300] [--lr 1e-5] [--qat-images DIR --qat-count 400] [--max-images N] [--out FILE]
@@ -32,7 +33,7 @@ from edgekit.reports.schema import Report  # noqa: E402
 from edgekit.targets import Target  # noqa: E402
 
 RECIPE = HERE.parent / "recipes" / "yolov5n.yaml"
-TARGETS = ["onnxruntime:fp32", "onnxruntime:int8"]
+TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"]
 
 
 def variant_recipe(base: Recipe, mode: str, args: argparse.Namespace) -> Recipe:
@@ -46,19 +47,24 @@ def variant_recipe(base: Recipe, mode: str, args: argparse.Namespace) -> Recipe:
     return recipe
 
 
-def row_of(report: Report, mode: str) -> dict[str, Any]:
+def rows_of(report: Report, mode: str) -> list[dict[str, Any]]:
     ref = report.variant(report.reference)
-    v = next(x for x in report.variants if x.name == "onnxruntime:int8")
-    verdict = next(b for b in v.budget if b.metric == "mAP50-95")
     qat = ((report.tuning or {}).get("graphs", {}).get("model", {}) or {}).get("qat")
-    return {
-        "mode": mode, "mAP50-95": v.metrics.get("mAP50-95"), "fp32_mAP50-95": ref.metrics.get("mAP50-95"),
-        "drop_pt": round(100 * verdict.drop, 2), "drop_ci95_pt": [round(100 * x, 2) for x in verdict.interval] if verdict.interval else None,
-        "passed": verdict.passed, "latency_ms": v.latency_ms.median, "fp32_latency_ms": ref.latency_ms.median,
-        "ratio_vs_fp32": round(v.latency_ms.median / ref.latency_ms.median, 3),
-        "qat_seconds": qat["seconds"] if qat else None, "qat_peak_rss_mb": qat["peak_rss_mb"] if qat else None,
-        "qat_images": qat["images"] if qat else None, "qat_loss_first_last": [qat["loss_first_10"], qat["loss_last_10"]] if qat else None,
-    }
+    out = []
+    for v in report.variants:
+        if v is ref or v.status != "measured":
+            continue
+        verdict = next(b for b in v.budget if b.metric == "mAP50-95")
+        out.append({
+            "mode": mode, "target": v.name, "int8_from": (v.manifest.get("settings", {}).get("backend") or {}).get("int8_from"),
+            "mAP50-95": v.metrics.get("mAP50-95"), "fp32_mAP50-95": ref.metrics.get("mAP50-95"),
+            "drop_pt": round(100 * verdict.drop, 2), "drop_ci95_pt": [round(100 * x, 2) for x in verdict.interval] if verdict.interval else None,
+            "passed": verdict.passed, "latency_ms": v.latency_ms.median, "fp32_latency_ms": ref.latency_ms.median,
+            "ratio_vs_fp32": round(v.latency_ms.median / ref.latency_ms.median, 3),
+            "qat_seconds": qat["seconds"] if qat else None, "qat_peak_rss_mb": qat["peak_rss_mb"] if qat else None,
+            "qat_images": qat["images"] if qat else None, "qat_loss_first_last": [qat["loss_first_10"], qat["loss_last_10"]] if qat else None,
+        })
+    return out
 
 
 def main() -> None:
@@ -80,16 +86,16 @@ def main() -> None:
     rows, runs = [], {}
     for mode in ("ptq", "qat"):
         report = run_recipe(variant_recipe(base, mode, args), args.recipe, args.work / mode, overwrite=True)
-        rows.append(row_of(report, mode))
+        rows += rows_of(report, mode)
         runs[mode] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
     device = runs["ptq"]["device"]
-    table = Table(title=f"YOLOv5n ONNX Runtime int8, PTQ vs label-free QAT; {device.get('cpu_model')}, {base.benchmark.threads} threads; "
+    table = Table(title=f"YOLOv5n int8, PTQ vs label-free QAT; {device.get('cpu_model')}, {base.benchmark.threads} threads; "
                         "drop vs FP32 on the evaluation images with paired bootstrap 95% interval")
-    for col in ("mode", "mAP50-95", "drop pt [95%]", "budget", "latency vs fp32", "QAT s", "peak RSS MB"):
+    for col in ("mode", "target", "mAP50-95", "drop pt [95%]", "budget", "latency vs fp32", "QAT s", "peak RSS MB"):
         table.add_column(col)
     for r in rows:
         ci = f" [{r['drop_ci95_pt'][0]:+.2f}, {r['drop_ci95_pt'][1]:+.2f}]" if r["drop_ci95_pt"] else ""
-        table.add_row(r["mode"], f"{r['mAP50-95']:.4f}", f"{r['drop_pt']:+.2f}{ci}", "pass" if r["passed"] else "FAIL", f"{r['ratio_vs_fp32']:.2f}x",
+        table.add_row(r["mode"], r["target"], f"{r['mAP50-95']:.4f}", f"{r['drop_pt']:+.2f}{ci}", "pass" if r["passed"] else "FAIL", f"{r['ratio_vs_fp32']:.2f}x",
                       f"{r['qat_seconds']:.0f}" if r["qat_seconds"] else "-", str(r["qat_peak_rss_mb"] or "-"))
     Console(width=180).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -230,11 +230,21 @@ class Job:
         record = {"images": len(items), "folders": [str(f) for f in folders], "settings": out.settings, "seconds": round(out.seconds, 1),
                   "resumed_from_step": out.resumed_from, "peak_rss_mb": round(out.peak_rss_mb),
                   "loss_first_10": round(float(np.mean(losses[:10])), 5), "loss_last_10": round(float(np.mean(losses[-10:])), 5),
-                  "reaches": ["onnxruntime:int8"]}
-        result.spec.settings = {**result.spec.settings, "qat": record}
+                  "reaches": self.qat_targets()}
+        result.spec.settings = {**result.spec.settings, "qat_training": record}
         self.tuning_record(graph)["qat"] = record
         progress.log(f"QAT: {c.steps} steps on {len(items)} images in {out.seconds:.0f} s, distillation loss "
                      f"{record['loss_first_10']:.4f} -> {record['loss_last_10']:.4f}")
+
+    def qat_targets(self) -> list[str]:
+        """The int8 targets that run the QAT-trained Q/DQ graph: ONNX Runtime's, and OpenVINO's unless it quantizes with NNCF."""
+        out = []
+        for t in self.recipe.targets:
+            if t.precision != "int8" or t.accuracy_control:
+                continue
+            if t.backend == "onnxruntime" or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
+                out.append(t.name)
+        return out
 
     def score_candidates(self, scorer, candidates, count: int, label: str) -> list[dict[str, Any]]:
         """Each ``(name, Q/DQ model)`` saved to a temporary file beside the run and scored with its fold scores: the

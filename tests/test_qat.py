@@ -143,7 +143,8 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache))
-    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 400, "batch": 1, "checkpoint_every": 20, "count": 8})
+    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 400, "batch": 1, "checkpoint_every": 20, "count": 8},
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"])
     proc = start_export(recipe, tmp_path / "out")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(cache.glob("qat/*/state.json")) and proc.poll() is None:
@@ -161,7 +162,10 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     assert record["resumed_from_step"] >= saved and record["settings"]["steps"] == 400 and record["images"] == 8
     int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
     assert int8["status"] == "measured"
-    assert "qat" in json.dumps(int8["manifest"]["settings"])
+    assert "qat_training" in json.dumps(int8["manifest"]["settings"])
+    assert record["reaches"] == ["onnxruntime:int8", "openvino:int8"]
+    ov = next(v for v in report["variants"] if v["name"] == "openvino:int8")
+    assert ov["status"] == "measured" and "QAT-trained" in json.dumps(ov["manifest"]["settings"]["backend"])
 
 
 def test_recipe_refuses_qat_on_the_evaluation_images(tmp_path):

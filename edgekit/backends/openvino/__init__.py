@@ -16,6 +16,8 @@ class OpenVinoSpec(Strict):
     device: str = Field("CPU", description="OpenVINO device the models are compiled for")
     preset: Literal["mixed", "performance"] = Field("mixed", description="NNCF preset: mixed = symmetric weights, asymmetric activations")
     accuracy_control_max_images: int | None = Field(None, ge=1, description="evaluation images NNCF's accuracy control may use (None: all)")
+    int8_from: Literal["auto", "nncf", "qdq"] = Field("auto", description="CNN int8 IR: nncf (NNCF quantizes the FP32 IR), qdq (OpenVINO "
+                                                    "imports edgekit's ONNX Runtime Q/DQ graph), auto (qdq when QAT trained that graph, else nncf)")
 
 
 class OpenVinoBackend(Backend):

@@ -65,7 +65,9 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         quantize_openvino,
         quantize_openvino_transformer,
         quantize_openvino_with_accuracy_control,
+        save_ir_atomic,
     )
+    from edgekit.backends.openvino.runner import import_openvino
 
     spec = run.recipe.openvino
     int8 = target.precision == "int8" and graph.int8 != "float"
@@ -78,7 +80,13 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         name = "model_fp32.xml"
     xml = folder / file_name(graph, name)
     settings: dict = {"device": spec.device, "precision_hint": hint, "ir": xml.name}
-    if int8 and graph.kind == "cnn":
+    qdq = graph.quantized.get("int8")
+    trained = qdq is not None and "qat_training" in qdq.settings
+    if int8 and graph.kind == "cnn" and not target.accuracy_control and (spec.int8_from == "qdq" or (spec.int8_from == "auto" and trained)):
+        # OpenVINO reads Q/DQ pairs as FakeQuantize and runs them with its int8 kernels: the QAT-trained graph as is
+        save_ir_atomic(import_openvino().convert_model(str(qdq.path)), xml)
+        settings["int8_from"] = f"edgekit Q/DQ ({qdq.path.name}{', QAT-trained' if trained else ''})"
+    elif int8 and graph.kind == "cnn":
         float_nodes = graph.backend_float_nodes if graph.backend_float_nodes is not None else graph.float_nodes
         feeds = graph.calibration
         if feeds is None:
