@@ -14,6 +14,7 @@ same run, QAT training seconds and peak memory (RSS of the process).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def rows_of(report: Report, mode: str) -> list[dict[str, Any]]:
             "passed": verdict.passed, "latency_ms": v.latency_ms.median, "fp32_latency_ms": ref.latency_ms.median,
             "ratio_vs_fp32": round(v.latency_ms.median / ref.latency_ms.median, 3),
             "qat_seconds": qat["seconds"] if qat else None, "qat_peak_rss_mb": qat["peak_rss_mb"] if qat else None,
-            "qat_images": qat["images"] if qat else None, "qat_loss_first_last": [qat["loss_first_10"], qat["loss_last_10"]] if qat else None,
+            "qat_images": qat["images"] if qat else None, "qat_resumed_from_step": qat["resumed_from_step"] if qat else None, "qat_loss_first_last": [qat["loss_first_10"], qat["loss_last_10"]] if qat else None,
         })
     return out
 
@@ -79,10 +80,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "qat.json")
     args = parser.parse_args()
 
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.environ["EDGEKIT_CACHE"] = str(args.work / "cache")  # cold: QAT trains from step 0, not from an earlier run's checkpoint
     base = load_recipe(args.recipe)
     if args.max_images:
         base.evaluation.max_images = args.max_images
-    shutil.rmtree(args.work, ignore_errors=True)
     rows, runs = [], {}
     for mode in ("ptq", "qat"):
         report = run_recipe(variant_recipe(base, mode, args), args.recipe, args.work / mode, overwrite=True)
