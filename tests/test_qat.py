@@ -143,7 +143,7 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache))
-    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 400, "batch": 1, "checkpoint_every": 20, "count": 8},
+    recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 120, "batch": 1, "checkpoint_every": 10, "count": 8},
                          targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"])
     proc = start_export(recipe, tmp_path / "out")
     deadline = time.monotonic() + 240
@@ -154,12 +154,12 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     interrupted = finish(proc)
     assert interrupted.returncode == 130, interrupted.stderr[-2000:]
     saved = json.loads(next(cache.glob("qat/*/state.json")).read_text())["step"]
-    assert 0 < saved < 400
+    assert 0 < saved < 120
     again = edgekit("export", recipe, "--out", tmp_path / "out")
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     record = report["tuning"]["graphs"]["model"]["qat"]
-    assert record["resumed_from_step"] >= saved and record["settings"]["steps"] == 400 and record["images"] == 8
+    assert record["resumed_from_step"] >= saved and record["settings"]["steps"] == 120 and record["images"] == 8
     int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
     assert int8["status"] == "measured"
     assert "qat_training" in json.dumps(int8["manifest"]["settings"])

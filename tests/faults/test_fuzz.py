@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgekit.errors import EdgekitError
@@ -162,6 +162,10 @@ def _safetensors(header: bytes, body: bytes = b"") -> bytes:
 
 @FUZZ
 @given(st.binary(max_size=300), st.sampled_from([".pt", ".safetensors"]))
+@example(b"a", ".pt")  # torch's weights-only unpickler: IndexError (pop from an empty stack)
+@example(b"K", ".pt")  # IndexError (BININT1 with no byte)
+@example(b"M", ".pt")  # struct.error (BININT2 short)
+@example(b"J", ".pt")  # struct.error (BININT short)
 def test_any_bytes_as_a_checkpoint(data, suffix):
     path = _write(f"random{suffix}", data)
     _yolo(path)

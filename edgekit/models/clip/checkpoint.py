@@ -20,6 +20,7 @@ import io
 import json
 import pickle
 import re
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -131,7 +132,7 @@ def _read_pickle(path: Path) -> Any:
             path,
             "in a trusted environment, save the model's state_dict with safetensors.torch.save_file and pass that .safetensors",
         ) from exc
-    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, struct.error, OSError, zipfile.BadZipFile) as exc:  # truncated or random bytes
         raise EdgekitError(f"cannot read PyTorch checkpoint ({type(exc).__name__}: {exc})"[:300], path, "re-download the weights (the file may be truncated)") from exc
 
 
