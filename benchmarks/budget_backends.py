@@ -9,8 +9,13 @@ change to its quantization section; targets ``onnxruntime:fp32`` (reference), ``
 * ``PTQ + search``: the shipped recipe as it is (``method: auto`` + ``quantization.search``);
 * ``NNCF accuracy control``: a run with the ``PTQ today`` settings and only ``openvino:int8`` with
   ``accuracy_control: true``: NNCF's ``quantize_with_accuracy_control`` held to each ``--nncf-max-drops`` budget
-  (default the recipe's 0.5 pt). NNCF scores its candidates on the labelled *evaluation* images (it needs labels; no
-  other row sees them), so its drop is optimistic.
+  (default the recipe's 0.5 pt) on the labelled *evaluation* images (``accuracy_control_data: evaluation``; no other
+  row sees them, so its drop is optimistic);
+* ``search at B`` and ``NNCF accuracy control at B`` (``--tuning-budgets-pt``): the same tuning budget ``B`` (pseudo
+  mAP50-95 points lost against FP32's detections on the search's 32 tuning images) for edgekit's OpenVINO-priced
+  search (``search.max_loss_pt``) and for NNCF's accuracy control validated label-free on those images
+  (``accuracy_control_data: tuning``): same data, same metric, same budget, below all int8's tuning loss so that both
+  must leave layers float. edgekit scores candidates in ONNX Runtime's Q/DQ form, NNCF in its own IR.
 
 Per row and target: mAP50-95 drop vs FP32 (pt) with its paired bootstrap 95% interval (the report's verdict), latency
 median and ratio vs ORT FP32 measured in the same run, and the seconds spent choosing (range tuning, bias
@@ -20,7 +25,8 @@ NNCF its whole build). LiteRT keeps ai-edge-quantizer's own ranges, so its ``tod
 by run-to-run noise. Ratios compare within a run only: the runs follow one another on a
 shared machine.
 
-    python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--nncf-max-drops 0.005,0.001|none] [--max-images N] [--out FILE]
+    python benchmarks/budget_backends.py [--recipe recipes/yolov5n.yaml] [--rows today,stronger,search] [--nncf-max-drops 0.005,0.001|none]
+        [--tuning-budgets-pt 6] [--max-images N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tflite:int8
 CHOICE_STAGES = ("tune ranges", "bias correction")  # plus the search that priced the target's float groups
 
 
-def variant_recipe(base: Recipe, row: str, nncf_max_drop: float | None = None) -> Recipe:
+def variant_recipe(base: Recipe, row: str, nncf_max_drop: float | None = None, tuning_pt: float | None = None) -> Recipe:
     """``base`` with the quantization change of ``row`` (a deep copy: rows never share state). ``nncf``: the ``today``
     settings with only ``openvino:int8`` + accuracy control (held to ``nncf_max_drop``) beside the FP32 reference."""
     recipe = base.model_copy(deep=True)
@@ -59,17 +65,27 @@ def variant_recipe(base: Recipe, row: str, nncf_max_drop: float | None = None) -
         if row == "nncf":
             recipe.targets = [Target.parse("onnxruntime:fp32"), Target(backend="openvino", precision="int8", accuracy_control=True)]
             recipe.budgets["mAP50-95"].max_drop = nncf_max_drop
+            recipe.openvino.accuracy_control_data = "evaluation"
+    elif row == "nncf_tuning":  # label-free NNCF accuracy control at the tuning budget of the search_budget row
+        q.method, q.percentile, q.bias_correction = "percentile", 99.99, False
+        q.search = SearchSpec(max_loss_pt=tuning_pt, enabled=False)
+        recipe.targets = [Target.parse("onnxruntime:fp32"), Target(backend="openvino", precision="int8", accuracy_control=True)]
+        recipe.openvino.accuracy_control_data, recipe.openvino.accuracy_control_max_loss_pt = "tuning", tuning_pt
+    elif row == "search_budget":  # edgekit's OpenVINO-priced search held to an explicit tuning budget
+        q.method, q.percentile, q.bias_correction = "percentile", 99.99, False
+        q.search = SearchSpec(max_loss_pt=tuning_pt)
+        recipe.targets = [Target.parse("onnxruntime:fp32"), Target.parse("onnxruntime:int8"), Target.parse("openvino:int8")]
     elif row == "stronger":
         q.method, q.search, q.bias_correction = "auto", None, "auto"
     elif row == "search":
         q.method = "auto"
         q.search = q.search or SearchSpec()
     else:
-        raise SystemExit(f"unknown row {row!r}: use today, stronger, search, nncf")
+        raise SystemExit(f"unknown row {row!r}: use today, stronger, search, nncf, search_budget, nncf_tuning")
     return recipe
 
 
-def rows_of(report: Report, row: str, max_drop: float | None = None) -> list[dict[str, Any]]:
+def rows_of(report: Report, row: str, max_drop: float | None = None, tuning_pt: float | None = None) -> list[dict[str, Any]]:
     """One table row per measured quantized variant of ``report``."""
     ref = report.variant(report.reference)
     tuning = (report.tuning or {}).get("graphs", {}).get("model", {})
@@ -83,8 +99,10 @@ def rows_of(report: Report, row: str, max_drop: float | None = None) -> list[dic
         nncf = v.name.endswith("+ac")
         lat = v.latency_ms.median if v.latency_ms else None
         out.append({
-            "row": f"NNCF accuracy control ({100 * max_drop:g} pt)" if nncf else row, "target": v.name, "status": v.status,
-            "max_drop": max_drop,
+            "row": (f"NNCF accuracy control, tuning {tuning_pt:g} pt" if tuning_pt is not None else f"NNCF accuracy control ({100 * max_drop:g} pt)")
+                   if nncf else f"search, tuning {tuning_pt:g} pt" if tuning_pt is not None else row,
+            "target": v.name, "status": v.status, "max_drop": max_drop, "tuning_budget_pt": tuning_pt,
+            "tuning_loss_pt": None if nncf or not search else search.get("loss_pt"),
             "mAP50-95": v.metrics.get("mAP50-95"), "drop_pt": round(100 * verdict.drop, 2) if verdict and verdict.drop is not None else None,
             "drop_ci95_pt": [round(100 * x, 2) for x in verdict.interval] if verdict and verdict.interval else None,
             "passed": verdict.passed if verdict else None,
@@ -107,6 +125,8 @@ def main() -> None:
     parser.add_argument("--rows", default="today,stronger,search", help="comma-separated: today, stronger, search")
     parser.add_argument("--nncf-max-drops", default="", help="comma-separated mAP50-95 budgets (fractions) for NNCF accuracy control runs "
                         "(default: the recipe's; 'none' skips NNCF)")
+    parser.add_argument("--tuning-budgets-pt", default="", help="comma-separated tuning budgets (pseudo-mAP points) for the paired "
+                        "'search at B' and label-free 'NNCF accuracy control at B' rows (e.g. 6)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only (quick run; NNCF sees the same N)")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "budget_backends", help="run folders (git-ignored)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "budget_backends.json")
@@ -118,12 +138,15 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     rows, runs = [], {}
     drops = [] if args.nncf_max_drops == "none" else [float(x) for x in args.nncf_max_drops.split(",") if x] or [base.budgets["mAP50-95"].max_drop]
-    plan = [(row, None) for row in args.rows.split(",") if row] + [("nncf", d) for d in drops]
-    for row, drop in plan:
+    budgets = [float(x) for x in args.tuning_budgets_pt.split(",") if x]
+    plan = ([(row, None, None) for row in args.rows.split(",") if row] + [("nncf", d, None) for d in drops] +
+            [(row, None, b) for b in budgets for row in ("search_budget", "nncf_tuning")])
+    for row, drop, tuning_pt in plan:
         name = row if drop is None else f"nncf_{drop:g}"
-        recipe = variant_recipe(base, row, drop)
+        name = name if tuning_pt is None else f"{row}_{tuning_pt:g}"
+        recipe = variant_recipe(base, row, drop, tuning_pt)
         report = run_recipe(recipe, args.recipe, args.work / name, overwrite=True)
-        rows += rows_of(report, row, drop)
+        rows += rows_of(report, row, drop, tuning_pt)
         runs[name] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
     device = next(iter(runs.values()))["device"]
     table = Table(title=f"YOLOv5n int8 per backend, {device.get('cpu_model')} ({', '.join(f for f in device.get('isa_flags', []) if 'vnni' in f or 'amx' in f or 'bf16' in f)}), "
@@ -141,7 +164,7 @@ def main() -> None:
     Console(width=180).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, {"benchmark": "budget_backends", "recipe": str(args.recipe), "targets": TARGETS, "nncf_max_drops": drops,
-                                 "max_images": args.max_images, "device": device, "rows": rows, "runs": runs,
+                                 "tuning_budgets_pt": budgets, "max_images": args.max_images, "device": device, "rows": rows, "runs": runs,
                                  "command": "benchmarks/budget_backends.py " + " ".join(sys.argv[1:])})
     print(f"wrote {args.out}")
 

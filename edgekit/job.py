@@ -26,7 +26,7 @@ import numpy as np
 import edgekit
 from edgekit import progress, registry
 from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
-from edgekit.backends.base import Built, Graph, Quantized, Run
+from edgekit.backends.base import Backend, Built, Graph, Quantized, Run
 from edgekit.errors import EdgekitError, environment_error
 from edgekit.families.base import Evaluation, Family, GraphExport
 from edgekit.onnx_io import load_onnx, save_onnx
@@ -329,16 +329,24 @@ class Job:
         scorer = self.tuning_scorer(graph).subset(s.images)
         holdout = held_out_scorer(self.tuning_scorer(graph), s.images)
 
-        def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime", score_on_timer: bool = False):
-            groups = quantizer_groups(fp32, ORT_PLACEMENT, scope, graph.float_ops)
+        def run(scope: list[str], table=None, timer=None, backend: str = "onnxruntime", score_on_timer: bool = False,
+                placement=ORT_PLACEMENT, cost=None):
+            groups = quantizer_groups(fp32, placement, scope, graph.float_ops)
             if table is not None:  # the shared table, narrowed to the groups this scope quantizes
                 names = {g.name for g in groups}
                 table = dataclasses.replace(table, rows=[r for r in table.rows if r.group in names])
+            estimate = None
+            if cost is not None:  # a cost model prices candidates of this placement (TensorRT without a GPU)
+                from edgekit.backends.tensorrt.cost import group_estimator
+                from edgekit.quantization.placement import matches, quantized_nodes
+
+                quantized = [n.name for n in quantized_nodes(fp32, placement, scope, graph.float_ops)]
+                estimate = group_estimator(cost, quantized, [n.name for n in fp32.graph.node if matches(n.name, scope)], groups)
             with tempfile.TemporaryDirectory(dir=self.stage, prefix=".search-") as tmp:
-                result = search(fp32, ORT_PLACEMENT, calib.ranges, scope, graph.float_ops, settings, scorer, groups,
+                result = search(fp32, placement, calib.ranges, scope, graph.float_ops, settings, scorer, groups,
                                 max_loss_pt=s.max_loss_pt, workdir=Path(tmp), threads=self.run.threads, margin_pt=s.margin_pt,
                                 time_limit_s=s.time_limit_s, sensitivity=table, latency_runs=s.latency_runs, progress=progress.track,
-                                timer=timer, backend=backend, score_on_timer=score_on_timer, holdout=holdout)
+                                timer=timer, backend=backend, score_on_timer=score_on_timer, holdout=holdout, estimate=estimate)
             progress.log(f"search ({backend}): {len(result.float_groups)} groups float ({', '.join(result.float_groups) or 'none'}), "
                          f"tuning loss {result.loss_pt:.2f} pt (all int8 {result.baseline_loss_pt:.2f}), {result.delta_ms:+.2f} ms vs all int8")
             return result
@@ -364,26 +372,39 @@ class Job:
         scope), priced by its ``candidate_runner``; its choice goes to ``graph.searched_float_nodes`` (and, for a
         wide-scope backend, is returned for ``graph.backend_float_nodes``). None when it cannot search."""
         scope = graph.backend_float_nodes if backend.wide_float_scope and graph.backend_float_nodes is not None else graph.float_nodes
-        timer = functools.partial(backend.candidate_runner, graph=graph, threads=self.run.threads, recipe=self.recipe)
+        # an explicit budget is an absolute loss: where the backend's quantizer differs (NNCF), score its own build
+        budgeted = backend.scores_budgeted_candidates and not backend.scores_candidates and self.recipe.quantization.search.max_loss_pt is not None
+        timer = functools.partial(backend.candidate_runner, graph=graph, threads=self.run.threads, recipe=self.recipe,
+                                  **({"scoring": True} if budgeted else {}))
+        scores = backend.scores_candidates or budgeted
+        priced = backend.candidate_cost(graph, self.recipe) if not backend.times_candidates else None
         try:
-            own = run(list(scope), table, timer, backend.name, backend.scores_candidates)
+            if priced is not None:  # no engine here: candidates in the backend's placement, priced by its cost model
+                own = run(list(scope), table, None, backend.name, False, backend.placement(), priced[0])
+            else:
+                own = run(list(scope), table, timer, backend.name, scores)
         except EdgekitError as exc:
             record.setdefault("search_notes", []).append(f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]}); "
                                                          "it takes ONNX Runtime's float groups" if backend.wide_float_scope else
                                                          f"{backend.name}: no search of its own ({str(exc).split(' -- fix')[0]})")
             return None
-        record.setdefault("backend_searches", {})[backend.name] = {**own.to_dict(), "tuning_images": images, "sensitivity": None,
-                                                                   "scored_on": backend.name if backend.scores_candidates else "onnxruntime"}
+        record.setdefault("backend_searches", {})[backend.name] = {
+            **own.to_dict(), "tuning_images": images, "sensitivity": None,
+            "scored_on": (f"{backend.name} (each candidate built as the target is)" if budgeted else backend.name) if scores else
+                         "onnxruntime" if priced is None else f"onnxruntime ({backend.name} placement)",
+            "priced_by": priced[1] if priced is not None else f"{own.backend} latency, measured on this machine"}
         if not backend.wide_float_scope:
             graph.searched_float_nodes[backend.name] = list(own.float_nodes)
         return own
 
     def search_backends(self) -> list:
-        """The backends of the recipe's int8 targets, other than ONNX Runtime, that time search candidates themselves."""
+        """The backends of the recipe's int8 targets, other than ONNX Runtime, that time search candidates themselves
+        or price them with a cost model (TensorRT)."""
         out = {}
         for target in self.recipe.targets:
             backend = registry.backend(target.backend)
-            if target.precision == "int8" and backend.times_candidates and not backend.available():
+            prices = backend.times_candidates or type(backend).candidate_cost is not Backend.candidate_cost
+            if target.precision == "int8" and prices and not backend.available():
                 out.setdefault(backend.name, backend)
         return list(out.values())
 

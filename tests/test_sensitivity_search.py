@@ -240,3 +240,30 @@ def test_held_out_tuning_samples_reject_a_choice_worse_than_all_int8(setup, tmp_
             assert bool(notes) == (loss > base)
     assert loss == held_out_loss(cands, holdout, (groups[-1].name,))  # deterministic: re-scored from scratch
     _no_candidates_left(tmp_path)
+
+
+def test_label_free_accuracy_check_scores_index_subsets_like_the_search(setup, tmp_path):
+    """NNCF accuracy control's label-free check: items are tuning-sample indices, any subset (NNCF ranks layers on
+    single samples) is scored against FP32's detections on exactly those images, FP32 itself scores 1.0, and the
+    whole set agrees with the search's scorer."""
+    from edgekit.quantization.ptq import place
+    from edgekit.tuning.scorer import accuracy_check, ort_runner
+
+    family, model, fp32, ranges, settings, decode, scorer = setup
+    check = accuracy_check(scorer, 5.0, lambda p: family.preprocess(p)[0])
+    assert check.max_drop == pytest.approx(0.05) and check.items == list(range(IMAGES)) and "label-free" in check.metric
+    assert set(check.transform(3)) == {"images"}  # a feed, made from the tuning image at index 3
+    int8 = tmp_path / "int8.onnx"
+    import onnx
+
+    onnx.save(place(model, ORT_PLACEMENT, ranges, decode, [], settings)[0], str(int8))
+    reference, candidate = ort_runner(fp32, 2), ort_runner(int8, 2)
+    try:
+        assert check.validate(reference, check.items) == pytest.approx(1.0)
+        whole = check.validate(candidate, check.items)
+        assert whole == pytest.approx(scorer.score(int8), abs=1e-9) and whole < 1.0
+        singles = [check.validate(candidate, [i]) for i in range(4)]
+        assert all(0.0 <= s <= 1.0 for s in singles) and singles[0] == pytest.approx(scorer.at([0]).score(int8), abs=1e-9)
+    finally:
+        reference.close()
+        candidate.close()

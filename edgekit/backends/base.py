@@ -158,6 +158,9 @@ class Backend(abc.ABC):
     wide_float_scope: ClassVar[bool] = False  # its int8 build starts from ``Graph.backend_float_nodes`` where set (NNCF)
     times_candidates: ClassVar[bool] = False  # ``candidate_runner`` prices search candidates in its own latency
     scores_candidates: ClassVar[bool] = False  # its candidates quantize with their own ranges: the search scores their loss on them
+    # with an explicit budget (an absolute tuning loss) the search scores losses on this backend's own build too, built as
+    # the target is (``candidate_runner(..., scoring=True)``): its quantizer's loss differs from the ORT Q/DQ form's (NNCF)
+    scores_budgeted_candidates: ClassVar[bool] = False
 
     def check_recipe(self, recipe: Recipe) -> None:  # noqa: B027 (an optional hook)
         """Raise ``ValueError`` for recipe settings this backend cannot honour (called while the recipe is validated)."""
@@ -182,4 +185,10 @@ class Backend(abc.ABC):
         """A loaded runner of ``graph`` built as this backend's int8 engine with ``float_nodes`` left float (``path``:
         the candidate's Q/DQ ONNX), so ``quantization.search`` prices float groups in this backend's own latency.
         None (default): candidates cannot be timed here, and the backend takes ONNX Runtime's choice."""
+        return None
+
+    def candidate_cost(self, graph: Graph, recipe: Recipe) -> tuple[Any, str] | None:
+        """(cost model, description) that prices this backend's search candidates where its engine cannot run here
+        (TensorRT without a GPU): ``model.ms(int8 nodes, fp16 nodes)``. Its candidates use this backend's
+        :meth:`placement`. None (default): no cost model."""
         return None

@@ -49,21 +49,18 @@ def litert_float_patterns(anchor_based: bool, head_index: int) -> list[str]:
 
 
 def coco_validation_fn(detector, annotations: str | Path) -> Callable[[Any, Iterable], float]:
-    """``validation_fn(compiled_model, items) -> mAP50-95`` for NNCF's accuracy control; items are ``(image_id, path)``."""
+    """``validate(runner, items) -> mAP50-95`` for NNCF's accuracy control on labelled images; items are ``(image_id, path)``."""
     from edgekit.evaluators.coco import coco_category_ids, evaluate_coco
     from edgekit.models.yolo.processing import to_coco
 
     category_ids = coco_category_ids(annotations)
 
-    def validate(compiled_model, items: Iterable) -> float:
+    def validate(runner, items: Iterable) -> float:
         detections: list[dict] = []
         image_ids: list[int] = []
-        request = compiled_model.create_infer_request()
         for image_id, path in items:
             feed, meta = detector.preprocess(path)
-            results = request.infer(feed)
-            outputs = {port.get_any_name(): np.asarray(results[port]) for port in compiled_model.outputs}
-            detections.extend(to_coco(detector.postprocess(outputs, meta), image_id, category_ids))
+            detections.extend(to_coco(detector.postprocess(runner.infer(feed), meta), image_id, category_ids))
             image_ids.append(int(image_id))
         return float(evaluate_coco(detections, annotations, image_ids).metrics["mAP50-95"])
 
@@ -221,8 +218,9 @@ class Yolo(Family):
         tuning, evaluation = self.tuning_files(), self.evaluation_files()
         record = TuningSet.create(tuning, evaluation).to_dict() if evaluation else {"tuning_images": len(tuning)}
         digest = "".join(sha256_file(p) for p in tuning)
+        used = any(t.accuracy_control for t in self.recipe.targets) and self.recipe.openvino.accuracy_control_data == "evaluation"
         return {**record, "tuning_sha256": sha256_bytes(digest.encode()), "labels": "none: scored against FP32's detections",
-                "evaluation_used_for_choices": False}
+                "evaluation_used_for_choices": used}
 
     def torch_source(self, graph: str) -> TorchSource:
         import torch
@@ -238,17 +236,36 @@ class Yolo(Family):
         )
 
     def accuracy(self, graph: str) -> AccuracyCheck | None:
+        """NNCF accuracy control's check: by default label-free on the tuning images, scored as ``quantization.search``
+        scores (pseudo mAP50-95 against FP32's detections, the search's first ``search.images``), so that NNCF and the
+        search decide on the same data and metric and the evaluation images decide nothing; ``openvino.accuracy_control_data:
+        evaluation`` validates on the labelled evaluation images instead (the old, optimistic route)."""
         from edgekit.evaluators.coco import load_coco_images
+        from edgekit.tuning.scorer import accuracy_check
 
-        r = self.recipe
-        if not any(t.accuracy_control for t in r.targets) or r.evaluation is None:
+        r, job = self.recipe, self.job
+        if not any(t.accuracy_control for t in r.targets):
             return None
+        spec, q = r.openvino, r.quantization
+        if spec.accuracy_control_data == "tuning":
+            max_loss = spec.accuracy_control_max_loss_pt or (q.search.max_loss_pt if q is not None and q.search else None)
+            if max_loss is None:
+                raise EdgekitError("accuracy_control on the tuning images needs a tuning budget", job.recipe_path,
+                                   "set openvino.accuracy_control_max_loss_pt (pseudo-mAP points, like quantization.search.max_loss_pt) "
+                                   "or openvino.accuracy_control_data: evaluation")
+            scorer = job.tuning_scorer(job.graphs[graph]).subset(q.search.images if q.search else None)
+            scorer = scorer.subset(spec.accuracy_control_max_images)
+            return accuracy_check(scorer, max_loss, lambda path: self.detector.preprocess(path)[0])
+        if r.evaluation is None:
+            raise EdgekitError("accuracy_control_data: evaluation needs an evaluation dataset", job.recipe_path,
+                               "add evaluation.dataset or use openvino.accuracy_control_data: tuning")
         max_drop = r.budgets["mAP50-95"].max_drop
         if max_drop is None:
-            raise EdgekitError("accuracy_control needs budgets.mAP50-95.max_drop (absolute)", self.job.recipe_path, "set budgets: {mAP50-95: {max_drop: 0.005}}")
+            raise EdgekitError("accuracy_control needs budgets.mAP50-95.max_drop (absolute)", job.recipe_path, "set budgets: {mAP50-95: {max_drop: 0.005}}")
         ev = r.evaluation
-        items = load_coco_images(ev.dataset.annotations, ev.dataset.images, ev.dataset.allow_missing_images)[: r.openvino.accuracy_control_max_images or None]
-        return AccuracyCheck("mAP50-95", max_drop, items, lambda item: self.detector.preprocess(item[1])[0], coco_validation_fn(self.detector, ev.dataset.annotations))
+        items = load_coco_images(ev.dataset.annotations, ev.dataset.images, ev.dataset.allow_missing_images)[: spec.accuracy_control_max_images or None]
+        return AccuracyCheck("mAP50-95 (evaluation images)", max_drop, items, lambda item: self.detector.preprocess(item[1])[0],
+                             coco_validation_fn(self.detector, ev.dataset.annotations))
 
     def evaluate(self, target, runners, reference: Evaluation | None) -> Evaluation:
         from edgekit import progress

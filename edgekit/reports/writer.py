@@ -279,13 +279,15 @@ def tuning_lines(report: Report) -> list[str]:
                      "yes" if c.get("met") else "no", _num(c.get("seconds"), ".1f")] for c in sr.get("trace", [])]
             chosen = ", ".join(sr.get("float_groups", [])) or "nothing"
             priced = ("ONNX Runtime" if backend == "onnxruntime" else f"{backend}, each candidate built by its own quantizer" +
-                      (" and its tuning loss scored on it" if sr.get("scored_on") == backend else ""))
+                      (" and its tuning loss scored on it" if str(sr.get("scored_on", "")).startswith(backend) else ""))
+            how = (f"Every candidate's latency priced by a {sr['priced_by']} (tuning loss scored on {sr.get('scored_on')})"
+                   if str(sr.get("priced_by", "")).startswith("cost model") else
+                   f"Every candidate's latency measured on this machine ({priced}, paired with the all-int8 model; ± two standard "
+                   "errors: a candidate replaces all int8 only when its confirmation run is faster beyond them)")
             lines += [f"### Mixed-precision search{where}, {backend}: groups left float: {chosen} "
                       f"({'meets' if sr.get('met') else 'does NOT meet'} the tuning budget {_num(sr.get('max_loss_pt'), '.2f')} pt)", "",
                       *_table(["step", "float groups", "loss pt", "latency ms", "vs all-int8 ms", "meets", "s"], rows), "",
-                      f"Every candidate's latency measured on this machine ({priced}, paired with the all-int8 model; ± two standard "
-                      "errors: a candidate replaces all int8 only when its confirmation run is faster beyond them); "
-                      f"search {sr.get('seconds', 0):.0f} s ({sr.get('stopped', '')}).", ""]
+                      f"{how}; search {sr.get('seconds', 0):.0f} s ({sr.get('stopped', '')}).", ""]
         lines += [f"- {note}" for note in record.get("search_notes", [])] + ([""] if record.get("search_notes") else [])
     return lines
 

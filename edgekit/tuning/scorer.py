@@ -72,6 +72,16 @@ class TuningScorer(abc.ABC):
             other.sizes = {}
         return other
 
+    def at(self, indices: Sequence[int]) -> TuningScorer:
+        """The same scorer on the samples at ``indices`` (its own FP32 reference)."""
+        import copy
+
+        other = copy.copy(self)
+        other.samples, other._reference, other.seconds = [self.samples[i] for i in indices], None, 0.0
+        if hasattr(other, "sizes"):
+            other.sizes = {}
+        return other
+
     def rest(self, count: int | None) -> TuningScorer | None:
         """The same scorer on the samples after the first ``count`` (those :meth:`subset` leaves out): fresh tuning
         samples to confirm a choice on. None when there are none."""
@@ -125,6 +135,30 @@ class TuningScorer(abc.ABC):
     @abc.abstractmethod
     def compare_subsets(self, reference: Any, candidate: Any, subsets: list[list[int]]) -> list[float]:
         """The score of ``candidate``'s collected outputs against the reference's on each subset of sample indices."""
+
+
+def accuracy_check(scorer: TuningScorer, max_loss_pt: float, transform: Callable[[Any], Feed]):
+    """An :class:`~edgekit.backends.base.AccuracyCheck` that scores like ``scorer`` (label-free, 1.0 = FP32) with a
+    budget of ``max_loss_pt``: NNCF's accuracy control then decides on the tuning samples and metric the search uses.
+    Validation items are sample indices (NNCF validates subsets, down to single samples, to rank layers); each distinct
+    subset computes its FP32 reference once. A subset without any FP32 detection to lose scores 1.0."""
+    from edgekit.backends.base import AccuracyCheck
+    from edgekit.errors import EdgekitError
+
+    subsets: dict[tuple[int, ...], TuningScorer] = {}
+
+    def validate(runner, items) -> float:
+        key = tuple(int(i) for i in items)
+        sub = subsets.setdefault(key, scorer.at(key))
+        try:
+            return sub.score(runner)
+        except EdgekitError as exc:
+            if "pseudo mAP is undefined" in str(exc):
+                return 1.0
+            raise
+
+    return AccuracyCheck(f"{scorer.name} (tuning images, label-free)", max_loss_pt / 100.0, list(range(len(scorer.samples))),
+                         lambda i: transform(scorer.samples[i]), validate)
 
 
 class OutputCosineScorer(TuningScorer):

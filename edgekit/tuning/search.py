@@ -34,6 +34,7 @@ groups whose int8 form is clearly slower.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -152,7 +153,11 @@ class _Search:
         if not force and self.out_of_time():
             return None
         t0 = time.perf_counter()
-        if not key:
+        if self.cands.estimate is not None:  # priced by a cost model: nothing to time, the estimate is exact and paired
+            loss = self.cands.loss(key)
+            ms, base_ms = self.cands.estimate(key), self.cands.estimate(())
+            trial = Trial(key, loss, round(ms, 5), round(base_ms, 5), round(ms - base_ms, 5), loss <= self.target, 0.0, step)
+        elif not key:
             self.base, self.base_path = self.cands.open(())
             self.base_timing = self.cands.timing_runner(self.base, self.base_path, ())
             loss = self.cands.loss((), self.base_timing if self.cands.score_on_timer else self.base)
@@ -211,14 +216,24 @@ class _Search:
         met = [t for t in latest if t.met]
         base = self.tried.get(())
         if base is not None and base.met:
-            proven = [t for t in met if t.float_groups and t.step == "confirm" and t.faster]
+            exact = getattr(self.cands, "estimate", None) is not None  # a cost model's estimate needs no confirmation run
+            proven = [t for t in met if t.float_groups and (t.step == "confirm" or exact) and t.faster]
             return min(proven, key=lambda t: t.delta_ms) if proven else base
         if not met:
             return min(latest, key=lambda t: (t.loss_pt, t.delta_ms))
         fastest = min(met, key=lambda t: t.delta_ms)
         # as in the prune step: fewer float groups unless measurably slower than the fastest
-        ties = [t for t in met if t.delta_ms < fastest.delta_ms + SIGNIFICANT_SE * max(t.se_ms, fastest.se_ms)]
+        ties = [t for t in met if t.delta_ms <= fastest.delta_ms + SIGNIFICANT_SE * max(t.se_ms, fastest.se_ms)]
         return min(ties, key=lambda t: (len(t.float_groups), t.delta_ms))
+
+
+def repriced(table: SensitivityTable, estimate: Callable[[Sequence[str]], float], groups: Sequence[str]) -> SensitivityTable:
+    """``table`` with its latencies from the cost model ``estimate``: each row's cost is the model's ms with that group
+    float minus all int8."""
+    base_ms = estimate(())
+    rows = [dataclasses.replace(r, latency_cost_ms=round(estimate((r.group,)) - base_ms, 5), method="cost model") for r in table.rows]
+    return dataclasses.replace(table, rows=rows, baseline_latency_ms=round(base_ms, 5), float_latency_ms=round(estimate(list(groups)), 5),
+                               latency_method="cost model")
 
 
 def held_out_scorer(scorer: TuningScorer, scored: int | None) -> TuningScorer | None:
@@ -374,6 +389,7 @@ def search(
     score_on_timer: bool = False,
     builder: Callable[[list[str], Path], None] | None = None,
     holdout: TuningScorer | None = None,
+    estimate: Callable[[Sequence[str]], float] | None = None,
 ) -> SearchResult:
     """The fastest measured configuration of float ``groups`` with tuning loss <= ``max_loss_pt - margin_pt``
     (``max_loss_pt=None``: the all-int8 candidate's own loss, i.e. faster at no worse tuning loss).
@@ -381,10 +397,13 @@ def search(
     ``timer`` ((Q/DQ path, float node patterns) -> loaded runner) times candidates on another backend (``backend``
     names it), e.g. the IR NNCF builds with those nodes ignored; losses are still scored by ``scorer`` (ONNX Runtime). Give it a ``sensitivity`` table:
     the profiler step that would make one is ONNX Runtime's. ``holdout``: tuning samples ``scorer`` does not hold, on
-    which the choice is confirmed against all int8 (step 6)."""
+    which the choice is confirmed against all int8 (step 6). ``estimate`` ((float group names) -> model ms) prices
+    candidates with a cost model instead of timing them (TensorRT where it cannot run, ``edgekit.backends.tensorrt.cost``):
+    the sensitivity table's latency costs are re-priced by it, and nothing is confirmed (an estimate has no noise)."""
     start = time.perf_counter()
     cands = Candidates(model, placement, ranges, float_nodes, float_ops, calibration, scorer, groups, workdir, threads, feed, timer, builder)
     cands.score_on_timer = score_on_timer and timer is not None
+    cands.estimate = estimate
     explore_s = time_limit_s * (1 - CONFIRM_SHARE)  # the rest is kept for confirming the finalists
     s = _Search(cands, math.inf if max_loss_pt is None else max_loss_pt - margin_pt, latency_runs, explore_s, start)
     notes: list[str] = []
@@ -397,7 +416,7 @@ def search(
             base.met = base.loss_pt <= s.target
             notes.append(f"max_loss_pt not given: the all-int8 loss {base.loss_pt:.2f} pt")
         early: tuple[str, ...] = ()
-        if sensitivity is None and not s.out_of_time():  # the cheap step first: profiled costs, no loss scoring
+        if sensitivity is None and not s.out_of_time() and estimate is None:  # the cheap step first: profiled costs, no loss scoring
             costs, _ = profile_costs(cands, latency_runs)
             early = _free_wins_from_costs(s, costs, base.latency_ms, ())
         if sensitivity is None and not s.out_of_time():
@@ -408,6 +427,9 @@ def search(
             sens_s = sensitivity.seconds
             if not sensitivity.complete:
                 notes.append(f"sensitivity incomplete: {len(sensitivity.rows)} of {len(cands.groups)} groups ranked")
+        if estimate is not None and sensitivity is not None:  # the table's losses, the cost model's latency costs
+            sensitivity = repriced(sensitivity, estimate, [g.name for g in cands.groups])
+            notes.append("latency priced by a cost model, not measured")
         if sensitivity is None or not sensitivity.rows:
             current = early
         if sensitivity is not None and sensitivity.rows:
@@ -418,7 +440,8 @@ def search(
             if pool:
                 _prune(s, sensitivity, min(pool, key=lambda t: t.delta_ms).float_groups)
             s.limit = time_limit_s
-            _confirm(s)
+            if estimate is None:
+                _confirm(s)
     finally:
         if s.base_timing is not None:
             cands.close_timing(s.base_timing, s.base)

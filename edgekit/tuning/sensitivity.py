@@ -103,6 +103,7 @@ class Candidates:
         self.builder = builder  # (float node patterns, out path) -> writes a candidate another way (weight-only); None: Q/DQ ``place``
         self.timer = timer  # (Q/DQ path, float node patterns) -> loaded runner that times a candidate (None: the ORT runner)
         self.score_on_timer = False  # score losses on the timer's runner (its own quantizer's candidate) instead of ORT's
+        self.estimate: Callable[[Sequence[str]], float] | None = None  # (float groups) -> model ms: a cost model instead of timing
         self.float_nodes, self.float_ops, self.calibration = list(float_nodes), list(float_ops), calibration
         self.scorer, self.groups, self.threads = scorer, list(groups), threads
         self.by_name = {g.name: g for g in self.groups}

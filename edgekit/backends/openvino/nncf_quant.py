@@ -134,6 +134,21 @@ def quantize_openvino(
     return save_ir_atomic(quantized, out_xml)
 
 
+class CompiledModelRunner:
+    """What :class:`~edgekit.backends.base.AccuracyCheck` validates: ``infer(feed) -> outputs by name`` over the
+    ``ov.CompiledModel`` NNCF's accuracy control hands its validation function."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer(feed)
+        return {port.get_any_name(): np.asarray(results[port]) for port in self.compiled.outputs}
+
+    def close(self) -> None:
+        self.request = None
+
+
 def quantize_openvino_with_accuracy_control(
     fp32_onnx: Path, out_xml: Path, feeds: LazyFeeds, float_nodes: list[str], check: AccuracyCheck, preset: str = "mixed"
 ) -> Path:
@@ -152,7 +167,7 @@ def quantize_openvino_with_accuracy_control(
         ov_model,
         calibration_dataset=nncf.Dataset(feeds.items, feeds.transform),
         validation_dataset=nncf.Dataset(check.items, check.transform),
-        validation_fn=check.validate,
+        validation_fn=lambda compiled, items: check.validate(CompiledModelRunner(compiled), items),
         max_drop=check.max_drop,
         drop_type=nncf.DropType.ABSOLUTE,
         preset=preset_value,

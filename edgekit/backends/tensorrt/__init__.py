@@ -22,6 +22,8 @@ class TensorRTSpec(Strict):
     dla_core: int | None = Field(None, ge=0, description="Jetson DLA core; layers DLA cannot run fall back to the GPU")
     builder_optimization_level: int | None = Field(None, ge=0, le=5)
     build: Literal["auto", "never"] = Field("auto", description="auto: build when TensorRT or trtexec exists; never: write the ONNX, config and trtexec command only")
+    cost_model_device: str = Field("jetson-orin-nano-8gb", description="the device whose datasheet peaks price quantization.search "
+                                   "candidates where TensorRT cannot run (edgekit.backends.tensorrt.cost.DEVICES)")
 
 
 class TensorRTBackend(Backend):
@@ -32,8 +34,24 @@ class TensorRTBackend(Backend):
     install = "tensorrt"
 
     def check_recipe(self, recipe) -> None:
+        from edgekit.backends.tensorrt.cost import DEVICES
+
         if recipe.tensorrt.max_batch > 1 and not recipe.export.dynamic_batch:
             raise ValueError("tensorrt.max_batch > 1 needs export.dynamic_batch: true")
+        if recipe.tensorrt.cost_model_device not in DEVICES:
+            raise ValueError(f"tensorrt.cost_model_device {recipe.tensorrt.cost_model_device!r} is unknown: use one of {', '.join(DEVICES)}")
+
+    def candidate_cost(self, graph: Graph, recipe) -> tuple[Any, str] | None:
+        """The roofline cost model of ``edgekit.backends.tensorrt.cost`` (a CNN graph; TensorRT engines of other graphs
+        are not built by edgekit yet). A built engine would be measured instead; this search never needs one."""
+        from edgekit.backends.tensorrt.cost import TensorRTCostModel
+        from edgekit.onnx_io import load_onnx
+
+        if graph.kind != "cnn":
+            return None
+        model = TensorRTCostModel(load_onnx(graph.fp32), recipe.tensorrt.cost_model_device)
+        return model, (f"cost model (edgekit.backends.tensorrt.cost): roofline of {model.device.name} datasheet peaks; model "
+                       "milliseconds that rank candidates, not measured latency")
 
     def placement(self):
         from edgekit.quantization.placement import TENSORRT_PLACEMENT

@@ -63,7 +63,8 @@ def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, li
     from edgekit.quantization.placement import TENSORRT_PLACEMENT
     from edgekit.quantization.ptq import place
 
-    model, spec = place(load_onnx(graph.fp32), TENSORRT_PLACEMENT, graph.ranges, graph.float_nodes, graph.float_ops, calibration)
+    float_nodes = [*graph.float_nodes, *graph.searched_float_nodes.get("tensorrt", [])]  # plus its own search's choice
+    model, spec = place(load_onnx(graph.fp32), TENSORRT_PLACEMENT, graph.ranges, float_nodes, graph.float_ops, calibration)
     save_onnx(model, out, {"precision": "int8", "placement": "tensorrt"})
     write_json_atomic(out.with_name("quant_spec_tensorrt.json"), spec.to_dict())
     return out, [str(i) for i in lint_qdq_for_tensorrt(model)]
