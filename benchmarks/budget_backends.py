@@ -127,6 +127,7 @@ def main() -> None:
                         "(default: the recipe's; 'none' skips NNCF)")
     parser.add_argument("--tuning-budgets-pt", default="", help="comma-separated tuning budgets (pseudo-mAP points) for the paired "
                         "'search at B' and label-free 'NNCF accuracy control at B' rows (e.g. 6)")
+    parser.add_argument("--tuning-rows", default="search_budget,nncf_tuning", help="which rows run at each tuning budget")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only (quick run; NNCF sees the same N)")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "budget_backends", help="run folders (git-ignored)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "budget_backends.json")
@@ -140,7 +141,7 @@ def main() -> None:
     drops = [] if args.nncf_max_drops == "none" else [float(x) for x in args.nncf_max_drops.split(",") if x] or [base.budgets["mAP50-95"].max_drop]
     budgets = [float(x) for x in args.tuning_budgets_pt.split(",") if x]
     plan = ([(row, None, None) for row in args.rows.split(",") if row] + [("nncf", d, None) for d in drops] +
-            [(row, None, b) for b in budgets for row in ("search_budget", "nncf_tuning")])
+            [(row, None, b) for b in budgets for row in args.tuning_rows.split(",") if row])
     for row, drop, tuning_pt in plan:
         name = row if drop is None else f"nncf_{drop:g}"
         name = name if tuning_pt is None else f"{row}_{tuning_pt:g}"

@@ -153,6 +153,7 @@ class Job:
             result = quantize_static(
                 fp32, feeds.items, preprocess=feeds.transform, method=method, percentile=percentile, per_channel=q.per_channel,
                 float_nodes=graph.float_nodes, float_ops=graph.float_ops, threads=self.run.threads, progress=progress.track, also_calibrate=tensors,
+                reduce_range=q.reduce_range_here(),
             )
         if q.bias_correction:
             with self.timer(self._label(graph.name, "bias correction")):
@@ -297,7 +298,7 @@ class Job:
         def candidates():
             for text, calib in results.items():
                 method, percentile = parse_candidate(text)
-                settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+                settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key, q.reduce_range_here())
                 yield text, place(fp32, placement or ORT_PLACEMENT, calib.ranges, graph.float_nodes, graph.float_ops, settings)[0]
 
         trace = self.score_candidates(scorer, candidates(), len(results), "tune ranges")
@@ -325,7 +326,7 @@ class Job:
         q, feeds = self.recipe.quantization, graph.calibration
         s = q.search
         calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
-        settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+        settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key, q.reduce_range_here())
         scorer = self.tuning_scorer(graph).subset(s.images)
         holdout = held_out_scorer(self.tuning_scorer(graph), s.images)
 
@@ -364,6 +365,7 @@ class Job:
             if own is not None and backend.wide_float_scope:
                 wide = list(own.float_nodes)
         graph.float_nodes = list(graph.float_nodes) + list(result.float_nodes)
+        graph.searched_float_nodes["onnxruntime"] = list(result.float_nodes)  # so a backend with its own choice can drop it
         if graph.backend_float_nodes is not None:
             graph.backend_float_nodes = list(graph.backend_float_nodes) + wide
 
@@ -393,7 +395,7 @@ class Job:
             "scored_on": (f"{backend.name} (each candidate built as the target is)" if budgeted else backend.name) if scores else
                          "onnxruntime" if priced is None else f"onnxruntime ({backend.name} placement)",
             "priced_by": priced[1] if priced is not None else f"{own.backend} latency, measured on this machine"}
-        if not backend.wide_float_scope:
+        if not backend.wide_float_scope or budgeted:  # budgeted: the build reverts exactly these, as its candidates did
             graph.searched_float_nodes[backend.name] = list(own.float_nodes)
         return own
 
@@ -639,7 +641,7 @@ def run_sensitivity(recipe: Recipe, recipe_path: str | Path, both: bool = False,
                     method, percentile = job.choose_ranges(graph, fp32, tensors, placement)
             feeds = graph.calibration
             calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, job.run.threads, progress.track)
-            settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
+            settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key, q.reduce_range_here())
             groups = quantizer_groups(fp32, placement, graph.float_nodes, graph.float_ops)
             with job.timer(job._label(graph.name, "sensitivity")):
                 tables[graph.name] = sensitivity(fp32, placement, calib.ranges, graph.float_nodes, graph.float_ops, settings, job.tuning_scorer(graph),

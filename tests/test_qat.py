@@ -174,3 +174,25 @@ def test_recipe_refuses_qat_on_the_evaluation_images(tmp_path):
 
     recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"images": [str(COCO / "images")]})
     assert_one_line_error(edgekit("export", recipe, "--out", tmp_path / "out"), "evaluation folder")
+
+
+def test_auto_mode_trains_only_when_the_search_misses_its_budget(tmp_path, monkeypatch):
+    """``quantization.mode: auto`` end to end: a budget the search meets keeps PTQ; one no candidate can meet (a
+    negative loss) runs QAT, and the report records the decision either way."""
+    import json
+
+    from conftest import edgekit
+    from faults.tiny import tiny_recipe
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    decisions = {}
+    for name, budget in (("met", 1000.0), ("missed", -1.0)):
+        recipe = tiny_recipe(tmp_path, f"{name}.yaml", quantization__mode="auto",
+                             quantization__search={"time_limit_s": 20, "latency_runs": 3, "images": 8, "max_loss_pt": budget},
+                             quantization__qat={"steps": 6, "batch": 1, "count": 8})
+        result = edgekit("export", recipe, "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        record = json.loads((tmp_path / name / "report.json").read_text())["tuning"]["graphs"]["model"]
+        decisions[name] = (record["qat_decision"], record["search"]["met"], "qat" in record)
+    assert decisions["met"] == ("PTQ: the search met max_loss_pt", True, False)
+    assert decisions["missed"] == ("QAT: the search missed max_loss_pt", False, True)

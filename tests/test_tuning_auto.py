@@ -292,3 +292,46 @@ def test_litert_searches_its_own_float_groups_and_keeps_onnx_float_nodes_float(t
     else:
         assert conv("edgekit.models.yolo.modules.Conv_0") == INT8
     assert "tflite, each candidate built by its own quantizer and its tuning loss scored on it" in (run / "report.md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason='openvino is not installed (pip install -e ".[openvino]")')
+def test_budgeted_search_prices_tensorrt_by_its_cost_model_and_scores_openvino_on_its_own_builds(tmp_path) -> None:
+    """An explicit budget no quantized candidate meets but all float: TensorRT (no GPU here) searches its own placement
+    priced by the cost model, its Q/DQ file keeps its own choice float (not ONNX Runtime's); OpenVINO scores each
+    candidate on the IR built as the target is."""
+    import onnx
+
+    recipe = tiny_recipe(tmp_path, quantization__search={"time_limit_s": 40, "latency_runs": 3, "images": 8, "max_loss_pt": 0.0},
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8"])
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    record = report["tuning"]["graphs"]["model"]
+    trt, ov = record["backend_searches"]["tensorrt"], record["backend_searches"]["openvino"]
+    assert trt["priced_by"].startswith("cost model") and "Jetson Orin Nano" in trt["priced_by"] and "tensorrt placement" in trt["scored_on"]
+    assert all(t["se_ms"] == 0.0 and t["step"] != "confirm" for t in trt["trace"]) and "latency priced by a cost model, not measured" in trt["notes"]
+    assert trt["float_groups"] and trt["trace"][0]["float_groups"] == []
+    assert ov["scored_on"] == "openvino (each candidate built as the target is)"
+    spec = json.loads((tmp_path / "run" / "tensorrt" / "quant_spec_tensorrt.json").read_text())
+    ort_only = set(record["search"]["float_nodes"]) - set(trt["float_nodes"])
+    assert set(trt["float_nodes"]) <= set(spec["float_nodes"]) and not ort_only & set(spec["float_nodes"])
+    qdq = onnx.load(str(tmp_path / "run" / "tensorrt" / "model_int8_qdq.onnx"))
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) > 0  # the rest stays int8
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "### Mixed-precision search, tensorrt" in md and "priced by a cost model" in md
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason='openvino is not installed (pip install -e ".[openvino]")')
+def test_nncf_accuracy_control_decides_on_the_tuning_images_label_free(tmp_path) -> None:
+    ac = {"backend": "openvino", "precision": "int8", "accuracy_control": True}
+    recipe = tiny_recipe(tmp_path, targets=["onnxruntime:fp32", ac], openvino__accuracy_control_max_loss_pt=0.5)
+    result = edgekit("export", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    variant = next(v for v in report["variants"] if v["name"] == "openvino:int8+ac")
+    check = variant["manifest"]["settings"]["backend"]["nncf"]["accuracy_control"]
+    assert check["metric"].startswith("pseudo_map (tuning images, label-free)") and check["max_drop"] == pytest.approx(0.005)
+    assert variant["status"] == "measured" and report["tuning"]["sets"]["evaluation_used_for_choices"] is False
+    # without a tuning budget it names the keys to set; validating on the evaluation images says so in the report
+    assert_one_line_error(edgekit("export", tiny_recipe(tmp_path, "nobudget.yaml", targets=["onnxruntime:fp32", ac]), "--out", tmp_path / "r2"),
+                          "accuracy_control_max_loss_pt")

@@ -255,6 +255,8 @@ class Yolo(Family):
                                    "or openvino.accuracy_control_data: evaluation")
             scorer = job.tuning_scorer(job.graphs[graph]).subset(q.search.images if q.search else None)
             scorer = scorer.subset(spec.accuracy_control_max_images)
+            job.tuning_record(job.graphs[graph])["accuracy_control"] = {"backend": "openvino", "metric": scorer.description,
+                                                                       "tuning_images": len(scorer.samples), "max_loss_pt": max_loss}
             return accuracy_check(scorer, max_loss, lambda path: self.detector.preprocess(path)[0])
         if r.evaluation is None:
             raise EdgekitError("accuracy_control_data: evaluation needs an evaluation dataset", job.recipe_path,

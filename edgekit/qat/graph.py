@@ -37,6 +37,7 @@ class WeightQ:
     quantized: str
     scale: str
     axis: int | None
+    qmax: int = 127  # 63 where the graph holds 7-bit weights (reduce_range)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class QdqGraph(torch.nn.Module):
             if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in arrays:
                 continue
             axis = _attrs(w_dq).get("axis", 1) if arrays[w_dq.input[1]].ndim else None
-            wq = WeightQ(node.name, w_dq.input[0], w_dq.input[1], axis)
+            qmax = 63 if int(np.abs(arrays[w_dq.input[0]].astype(np.int32)).max()) <= 63 else 127  # as PTQ wrote them
+            wq = WeightQ(node.name, w_dq.input[0], w_dq.input[1], axis, qmax)
             self.weights[w_dq.output[0]] = wq
             self.params[_key(wq.quantized)] = torch.nn.Parameter(torch.from_numpy(self._dequant(w_dq, arrays)))
             b_dq = producers.get(node.input[2]) if len(node.input) > 2 else None
@@ -121,7 +123,7 @@ class QdqGraph(torch.nn.Module):
         else:
             dims = tuple(i for i in range(w.ndim) if i != wq.axis)
             bound = w.detach().abs().amax(dim=dims)
-        return (bound.double().clamp_min(1e-12) / 127.0).float()
+        return (bound.double().clamp_min(1e-12) / float(wq.qmax)).float()
 
     def fake_weight(self, wq: WeightQ) -> torch.Tensor:
         w = self.params[_key(wq.quantized)]
@@ -130,7 +132,7 @@ class QdqGraph(torch.nn.Module):
         if wq.axis is not None:
             shape[wq.axis] = -1
         s = scale.reshape(shape)
-        return torch.clamp(round_ste(w / s), -127, 127) * s
+        return torch.clamp(round_ste(w / s), -wq.qmax, wq.qmax) * s
 
     def bias_scale(self, bq: BiasQ) -> torch.Tensor:
         s_in = self.params[_key(bq.input_scale)].detach().double()
@@ -233,7 +235,7 @@ class QdqGraph(torch.nn.Module):
                 shape = [1] * w.ndim
                 if wq.axis is not None:
                     shape[wq.axis] = -1
-                q = torch.clamp(torch.round(w / scale.double().reshape(shape)), -127, 127)
+                q = torch.clamp(torch.round(w / scale.double().reshape(shape)), -wq.qmax, wq.qmax)
                 values[wq.quantized] = q.numpy().astype(np.int8)
                 values[wq.scale] = scale.numpy().astype(np.float32).reshape(self.arrays[wq.scale].shape)
             for name in self.activation_scales:

@@ -84,7 +84,7 @@ def correct_biases(
     for node, bias in targets.values():
         w = numpy_helper.to_array(index.initializers[node.input[1]]).astype(np.float64)
         axis = spec.weights[node.input[1]]
-        wq, scale = quantize_weight(w, axis)
+        wq, scale = quantize_weight(w, axis, int(spec.settings.get("weight_qmax", 127)))
         shape = [1] * w.ndim
         if axis is not None:
             shape[axis] = -1

@@ -44,6 +44,7 @@ def quantize_static(
     progress: Callable[[str, int], Iterator[int]] | None = None,
     use_cache: bool = True,
     also_calibrate: list[str] | None = None,
+    reduce_range: bool = False,
 ) -> PTQResult:
     """Calibrate ``model`` on ``images`` (image paths, or texts for a text encoder) and return its Q/DQ INT8 version with the spec that describes it.
 
@@ -54,15 +55,16 @@ def quantize_static(
     nodes = quantized_nodes(model, placement, float_nodes, float_ops)
     tensors = sorted(set(tensors_to_quantize(model, nodes)) | set(also_calibrate or []))
     calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
-    settings = calibration_settings(method, percentile, per_channel, len(images), calib.key)
+    settings = calibration_settings(method, percentile, per_channel, len(images), calib.key, reduce_range)
     qdq, spec = place(model, placement, calib.ranges, float_nodes, float_ops, settings)
     return PTQResult(qdq, spec, calib)
 
 
-def calibration_settings(method: str, percentile: float, per_channel: bool, samples: int, key: str) -> dict:
-    """How the shared ranges were calibrated (every placement's spec records them)."""
+def calibration_settings(method: str, percentile: float, per_channel: bool, samples: int, key: str, reduce_range: bool = False) -> dict:
+    """How the shared ranges were calibrated (every placement's spec records them); ``reduce_range``: 7-bit weights
+    in placements with uint8 activations (see :func:`place`)."""
     return {"method": method, "percentile": percentile if method == "percentile" else None, "per_channel": per_channel,
-            "calibration_images": samples, "calibration_key": key}
+            "calibration_images": samples, "calibration_key": key, "reduce_range": reduce_range}
 
 
 def place(model: onnx.ModelProto, placement: Placement, ranges: dict, float_nodes: list[str], float_ops: list[str],
@@ -71,6 +73,9 @@ def place(model: onnx.ModelProto, placement: Placement, ranges: dict, float_node
     the one calibration pass of the run instead of calibrating again."""
     nodes = quantized_nodes(model, placement, float_nodes, float_ops)
     spec = build_spec(model, placement, ranges, float_nodes, float_ops, calibration["per_channel"])
+    # uint8 activations x int8 weights (u8s8) saturate the 16-bit pair sums of x86 int8 kernels without VNNI
+    # (AVX2, AVX-512F): ONNX Runtime's and OpenVINO's documented fix is a 7-bit weight range
+    qmax = 63 if calibration.get("reduce_range") and placement.activation_dtype == "uint8" else 127
     spec.settings = {
         "method": calibration["method"],
         "percentile": calibration["percentile"],
@@ -78,7 +83,8 @@ def place(model: onnx.ModelProto, placement: Placement, ranges: dict, float_node
         "placement": placement.name,
         "activation_dtype": placement.activation_dtype + (" symmetric" if placement.activation_dtype == "int8" else ""),
         "quantized_nodes": len(nodes),
-        "weight_dtype": "int8 symmetric",
+        "weight_dtype": "int8 symmetric" + (", 7-bit range (-63..63)" if qmax == 63 else ""),
+        "weight_qmax": qmax,
         "bias": "float" if placement.float_bias else "int32",
         "calibration_images": calibration["calibration_images"],
         "calibration_key": calibration["calibration_key"],

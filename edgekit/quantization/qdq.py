@@ -17,19 +17,19 @@ from edgekit.quantization.spec import QuantSpec
 _NP = {"uint8": np.uint8, "int8": np.int8}
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 quantization (range -127..127) per channel along ``axis`` (or per tensor)."""
+def quantize_weight(weight: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization (range -qmax..qmax, 127 or 63 for a 7-bit range) per channel along ``axis`` (or per tensor)."""
     w = weight.astype(np.float64)
     if axis is None:
         bound = np.abs(w).max(keepdims=False)
     else:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
         bound = np.abs(w).max(axis=reduce)
-    scale = (np.maximum(bound, 1e-12) / 127.0).astype(np.float32)
+    scale = (np.maximum(bound, 1e-12) / float(qmax)).astype(np.float32)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.rint(w / scale.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
 
 
@@ -74,7 +74,7 @@ def insert_qdq(model: onnx.ModelProto, spec: QuantSpec, quantize_bias: bool = Tr
         if w_name not in spec.weights or w_name not in index.initializers:
             continue
         axis = spec.weights[w_name]
-        q, scale = quantize_weight(index.array(w_name), axis)
+        q, scale = quantize_weight(index.array(w_name), axis, int(spec.settings.get("weight_qmax", 127)))
         prefix = f"{node.name}_weight"
         qw = _const(graph, f"{prefix}_quantized", q)
         sc = _const(graph, f"{prefix}_scale", scale if axis is not None else scale.reshape(()))

@@ -63,8 +63,10 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
     transformer rules, or int8 weight compression for a dynamic graph)."""
     from edgekit.backends.openvino.nncf_quant import (
         quantize_openvino,
+        quantize_openvino_model,
         quantize_openvino_transformer,
         quantize_openvino_with_accuracy_control,
+        revert_to_float,
         save_ir_atomic,
     )
     from edgekit.backends.openvino.runner import import_openvino
@@ -101,6 +103,11 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
                 return Built(None, target.precision, not_built=f"the {graph.name} graph has no accuracy check for NNCF's accuracy control")
             quantize_openvino_with_accuracy_control(graph.fp32, xml, feeds, float_nodes, check, preset=spec.preset)
             settings["nncf"]["accuracy_control"] = {"metric": check.metric, "max_drop": check.max_drop, "max_images": spec.accuracy_control_max_images}
+        elif "openvino" in graph.searched_float_nodes:  # a budgeted search scored reverts of this quantization: build the same
+            reverted = set(graph.searched_float_nodes["openvino"])
+            base = quantize_openvino_model(graph.fp32, feeds, [n for n in float_nodes if n not in reverted], preset=spec.preset)
+            save_ir_atomic(revert_to_float(base, graph.fp32, sorted(reverted)) if reverted else base, xml)
+            settings["nncf"]["reverted_onnx_nodes"] = len(reverted)
         else:
             quantize_openvino(graph.fp32, xml, feeds, float_nodes, preset=spec.preset)
     elif int8:

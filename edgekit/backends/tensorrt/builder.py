@@ -63,7 +63,10 @@ def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, li
     from edgekit.quantization.placement import TENSORRT_PLACEMENT
     from edgekit.quantization.ptq import place
 
-    float_nodes = [*graph.float_nodes, *graph.searched_float_nodes.get("tensorrt", [])]  # plus its own search's choice
+    float_nodes = list(graph.float_nodes)
+    if "tensorrt" in graph.searched_float_nodes:  # its own search's choice replaces ONNX Runtime's
+        ort = set(graph.searched_float_nodes.get("onnxruntime", []))
+        float_nodes = [n for n in float_nodes if n not in ort] + graph.searched_float_nodes["tensorrt"]
     model, spec = place(load_onnx(graph.fp32), TENSORRT_PLACEMENT, graph.ranges, float_nodes, graph.float_ops, calibration)
     save_onnx(model, out, {"precision": "int8", "placement": "tensorrt"})
     write_json_atomic(out.with_name("quant_spec_tensorrt.json"), spec.to_dict())
