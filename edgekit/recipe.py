@@ -166,11 +166,9 @@ class QuantizationSpec(_Strict):
         """``reduce_range`` resolved on this machine."""
         if self.reduce_range != "auto":
             return bool(self.reduce_range)
-        from edgekit.profiling.device import device_fingerprint
+        from edgekit.profiling.device import int8_pair_sums_saturate
 
-        device = device_fingerprint()
-        x86 = device.get("machine", "").lower() in ("x86_64", "amd64", "i686", "x86")
-        return x86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(device.get("isa_flags", []))
+        return int8_pair_sums_saturate()
 
 
 class DatasetSpec(_Strict):

@@ -131,3 +131,11 @@ def _fingerprint() -> dict[str, Any]:
 def device_fingerprint() -> dict[str, Any]:
     """What this machine is, for reports: JSON-serializable, computed once per process (a fresh copy each call)."""
     return copy.deepcopy(_fingerprint())
+
+
+def int8_pair_sums_saturate() -> bool:
+    """True on x86 CPUs without VNNI (AVX2, AVX-512F only): their uint8 x int8 kernels add product pairs in 16 bits,
+    which overflow with full 8-bit weights; ONNX Runtime's and OpenVINO's documented fix is 7-bit weights."""
+    device = device_fingerprint()
+    x86 = str(device.get("machine", "")).lower() in ("x86_64", "amd64", "i686", "x86")
+    return x86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(device.get("isa_flags", []))

@@ -62,7 +62,8 @@ def matching_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     return matched
 
 
-def quantize_dynamic_matmul(model_path: Path, out_path: Path, keep_float: list[str] | None = None, per_channel: bool = False) -> dict:
+def quantize_dynamic_matmul(model_path: Path, out_path: Path, keep_float: list[str] | None = None, per_channel: bool = False,
+                            reduce_range: bool | None = None) -> dict:
     """Quantize the weight MatMuls (and Gemms) of ``model_path`` to int8 with dynamic uint8 activations; write ``out_path``.
 
     Returns the settings for a manifest: tool, op types, weight/activation types, per_channel, ORT version, the
@@ -70,6 +71,11 @@ def quantize_dynamic_matmul(model_path: Path, out_path: Path, keep_float: list[s
     """
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if reduce_range is None:  # 7-bit weights where x86 int8 pair sums saturate (no VNNI): ORT's own advice
+        from edgekit.profiling.device import int8_pair_sums_saturate
+
+        reduce_range = int8_pair_sums_saturate()
 
     model_path, out_path = Path(model_path), Path(out_path)
     if not model_path.is_file():
@@ -93,7 +99,7 @@ def quantize_dynamic_matmul(model_path: Path, out_path: Path, keep_float: list[s
                 tmp,
                 op_types_to_quantize=["MatMul"],  # Gemm is rewritten to MatMul (+ Add) by ORT's dynamic mode first
                 per_channel=per_channel,
-                reduce_range=False,
+                reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=nodes_to_exclude,
                 extra_options={"MatMulConstBOnly": True},
@@ -109,7 +115,7 @@ def quantize_dynamic_matmul(model_path: Path, out_path: Path, keep_float: list[s
         "weights": "int8 symmetric, " + ("per output channel" if per_channel else "per tensor"),
         "activations": "uint8 asymmetric per tensor, computed per call (DynamicQuantizeLinear)",
         "per_channel": per_channel,
-        "reduce_range": False,
+        "reduce_range": reduce_range,
         "matmul_const_b_only": True,
         "preprocess": "none (see edgekit.quantization.dynamic)",
         "onnxruntime_version": onnxruntime.__version__,
