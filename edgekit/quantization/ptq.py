@@ -44,7 +44,7 @@ def quantize_static(
     progress: Callable[[str, int], Iterator[int]] | None = None,
     use_cache: bool = True,
     also_calibrate: list[str] | None = None,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
 ) -> PTQResult:
     """Calibrate ``model`` on ``images`` (image paths, or texts for a text encoder) and return its Q/DQ INT8 version with the spec that describes it.
 
@@ -55,6 +55,10 @@ def quantize_static(
     nodes = quantized_nodes(model, placement, float_nodes, float_ops)
     tensors = sorted(set(tensors_to_quantize(model, nodes)) | set(also_calibrate or []))
     calib = collect_ranges(model, tensors, images, preprocess, method, percentile, threads, progress, use_cache)
+    if reduce_range is None:  # 7-bit weights in uint8 placements where x86 int8 pair sums saturate (no VNNI)
+        from edgekit.profiling.device import int8_pair_sums_saturate
+
+        reduce_range = int8_pair_sums_saturate()
     settings = calibration_settings(method, percentile, per_channel, len(images), calib.key, reduce_range)
     qdq, spec = place(model, placement, calib.ranges, float_nodes, float_ops, settings)
     return PTQResult(qdq, spec, calib)
