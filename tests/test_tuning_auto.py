@@ -177,7 +177,8 @@ def test_sensitivity_command_prints_and_writes_the_table(tmp_path) -> None:
     assert len(table["rows"]) == 60  # YOLOv5n: every conv with its SiLU (adds, concats, pools joined)
     for row in table["rows"]:
         assert row["nodes"] and row["loss_float_only_pt"] >= 0 and row["latency_cost_ms"] is not None
-    assert "quantizer group sensitivity" in result.stdout and "model.0" in result.stdout
+    top = min(table["rows"], key=lambda r: r["loss_float_only_pt"])["group"]  # most loss recovered (which group depends on the CPU)
+    assert "quantizer group sensitivity" in result.stdout and top in result.stdout
     assert not [p for p in tmp_path.iterdir() if p.name not in {"tiny.yaml", "sensitivity.json"}]  # nothing else written
     again = edgekit("sensitivity", recipe, "--json", out)
     assert_one_line_error(again, "exists", str(out))
