@@ -69,24 +69,19 @@ class OpenVinoBackend(Backend):
 
         spec = recipe.openvino
         hint = precision_hint("int8", spec.device)
+        model = None
         if scoring:
             cached = self.__dict__.get("_scoring_base")
             wanted = set(float_nodes)
             if cached is None or cached[0] != graph.fp32 or not cached[1] <= wanted:  # the first call is the search's all-int8 base
                 cached = self._scoring_base = (graph.fp32, wanted, quantize_openvino_model(graph.fp32, graph.calibration, float_nodes, spec.preset))
             model = revert_to_float(cached[2], graph.fp32, sorted(wanted - cached[1])) if wanted != cached[1] else cached[2]
-            xml = path.with_name(f"{path.stem}_openvino.xml")
-            try:
-                import_openvino().save_model(model, str(xml), compress_to_fp16=False)
-                runner = OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
-                runner.load()
-            finally:
-                xml.unlink(missing_ok=True)
-                xml.with_suffix(".bin").unlink(missing_ok=True)
-            return runner
         xml = path.with_name(f"{path.stem}_openvino.xml")
         try:
-            quantize_openvino(graph.fp32, xml, graph.calibration, float_nodes, preset=spec.preset, samples=2, bias_correction=False)
+            if model is not None:
+                import_openvino().save_model(model, str(xml), compress_to_fp16=False)
+            else:
+                quantize_openvino(graph.fp32, xml, graph.calibration, float_nodes, preset=spec.preset, samples=2, bias_correction=False)
             runner = OpenVinoRunner(xml, threads=threads, precision_hint=hint, device=spec.device)
             runner.load()
         finally:
