@@ -287,11 +287,10 @@ def test_litert_searches_its_own_float_groups_and_keeps_onnx_float_nodes_float(t
         return next(t for scope, t in convs.items() if scope.startswith(prefix) and scope.endswith("/".join(path) + "/torch.nn.modules.conv.Conv2d_conv"))
     FLOAT32, INT8 = 0, 9  # TFLite TensorType
     assert conv("C3_2", "edgekit.models.yolo.modules.Conv_cv1") == FLOAT32  # keep_float.nodes, mapped by module
-    assert conv("C3_2", "edgekit.models.yolo.modules.Conv_cv2") == INT8
-    if "model.0" in lite["float_groups"]:  # what LiteRT's own search chose (the first conv, 3 input channels, is often faster float)
-        assert conv("edgekit.models.yolo.modules.Conv_0") == FLOAT32
-    else:
-        assert conv("edgekit.models.yolo.modules.Conv_0") == INT8
+    def chosen_float(module: str) -> bool:  # what LiteRT's own search floated: it follows this CPU's kernel timings
+        return any(module == g or module.startswith(g + ".") for g in lite["float_groups"])
+    assert conv("C3_2", "edgekit.models.yolo.modules.Conv_cv2") == (FLOAT32 if chosen_float("model.2.cv2") else INT8)
+    assert conv("edgekit.models.yolo.modules.Conv_0") == (FLOAT32 if chosen_float("model.0") else INT8)
     assert "tflite, each candidate built by its own quantizer and its tuning loss scored on it" in (run / "report.md").read_text()
 
 
