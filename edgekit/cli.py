@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -11,11 +12,38 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgekit.console import console as err_console  # the one stderr console (edgekit.console)
 from edgekit.errors import EdgekitError
 
-app = typer.Typer(help="edgekit: export, fuse, quantize, evaluate, profile and gate models for edge targets.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="edgekit: export, fuse, quantize, evaluate, profile and gate models for edge targets.\n\n"
+                  "Exit codes: 0 success (every budget holds), 1 a budget does not hold, 2 bad input (one line naming "
+                  "the file and the fix), 130/143 interrupted.", no_args_is_help=True)
 console = Console()
-err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"edgekit {version('edgekit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show third-party output (TensorFlow/LiteRT, absl, torch, NNCF banners and warnings)")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no stage lines or progress bars: only the result and errors")] = False,
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Global options: they go before the command, e.g. `edgekit --quiet check runs/yolov5n/report.json`."""
+    import os
+
+    from edgekit.console import divert_third_party_output
+
+    if quiet:
+        os.environ["EDGEKIT_PROGRESS"] = "0"
+    if not verbose:
+        divert_third_party_output()
 
 
 @app.command()
@@ -24,12 +52,21 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for models and report")] = Path("runs/edgekit"),
     overwrite: Annotated[bool, typer.Option(help="replace what an existing, non-empty output folder holds")] = False,
     force: Annotated[bool, typer.Option("--force", help="run even when the memory estimate exceeds the memory available")] = False,
+    json_summary: Annotated[bool, typer.Option("--json", help="print the report summary as JSON on stdout (for scripts) instead of the table")] = False,
 ) -> None:
-    """Run a recipe: FP32 ONNX, fused ONNX, INT8 Q/DQ ONNX, accuracy, latency, report.json and report.md."""
+    """Run a recipe: FP32 ONNX, fused ONNX, INT8 Q/DQ ONNX, accuracy, latency, report.json and report.md.
+
+    Example: edgekit export recipes/yolov5n.yaml --out runs/yolov5n
+    """
     from edgekit.job import run_recipe
     from edgekit.recipe import load_recipe
 
     report = run_recipe(load_recipe(recipe), recipe, out, overwrite, force)
+    if json_summary:
+        from edgekit.reports.summary import report_summary
+
+        print(json.dumps(report_summary(report, out / "report.json"), indent=2))
+        return
     _print_variants(report)
     console.print(f"report: {out / 'report.json'}  {out / 'report.md'}")
 
@@ -242,8 +279,14 @@ def check(
     report: Annotated[Path, typer.Argument(help="report.json written by `edgekit export`")],
     require_all: Annotated[bool, typer.Option("--require-all", help="also fail when a target could not be built here (e.g. TensorRT without a GPU)")] = False,
     confidence: Annotated[float | None, typer.Option("--confidence", help="also gate on the upper bound of the drop's paired bootstrap interval at this confidence (0.8, 0.9, 0.95 or 0.99)")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="also write JUnit XML here: one test case per variant x budget")] = None,
+    github: Annotated[bool, typer.Option("--github", help="also print GitHub Actions annotations and append a Markdown table to $GITHUB_STEP_SUMMARY")] = False,
+    json_summary: Annotated[bool, typer.Option("--json", help="print the report summary and verdict as JSON on stdout instead of lines")] = False,
 ) -> None:
-    """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one does not.
+    """Exit 0 when every budget of every measured target holds, 1 (naming target, metric, drop and budget) when one
+    does not, 2 on bad input (a missing, edited or invalid report).
+
+    Example: edgekit check runs/yolov5n/report.json --confidence 0.95 --junit results.xml --github
 
     The report is verified first (exit 2 naming what differs): its digest, its budgets, reference and statuses
     against the recipe and the reference rule, and, when the run folder is beside it, every file's sha256.
@@ -259,12 +302,39 @@ def check(
     for note in verify_report(loaded, report):
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     ok, lines = check_report(loaded, require_all, report_file(report), confidence)
+    _ci_outputs(loaded, report, require_all, confidence, junit, github)
+    if json_summary:
+        from edgekit.reports.summary import report_summary
+
+        print(json.dumps({**report_summary(loaded, report_file(report)), "passed": ok, "lines": lines}, indent=2))
+        raise typer.Exit(0 if ok else 1)
     for line in lines:
         bad = "FAIL" in line or (require_all and "SKIPPED" in line)
         (err_console if bad else console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
     console.print("all budgets hold")
+
+
+def _ci_outputs(report, source: Path, require_all: bool, confidence: float | None, junit: Path | None, github: bool) -> None:
+    """JUnit XML (written atomically, never over an existing file of another kind) and GitHub Actions output."""
+    import os
+
+    from edgekit.artifacts import write_bytes_atomic
+    from edgekit.reports.summary import github_annotations, junit_xml, markdown_summary
+
+    if junit is not None:
+        if junit.is_dir():
+            raise EdgekitError("--junit names a folder", junit, "give a file path, e.g. results.xml")
+        write_bytes_atomic(junit, junit_xml(report, require_all, confidence))
+    if github:
+        recipe = report.recipe.get("path")
+        for line in github_annotations(report, str(recipe) if recipe else None, require_all, confidence):
+            print(line)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(markdown_summary(report, require_all, confidence))
 
 
 @app.command()
@@ -298,7 +368,14 @@ def sensitivity(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (e.g. a too-small calibration set) as one readable line, not a source dump."""
+    """edgekit's warnings (e.g. a too-small calibration set) as one readable line, not a source dump; other
+    libraries' warnings go to the third-party log unless --verbose."""
+    from edgekit.console import diverted
+
+    ours = category.__module__.startswith("edgekit") or Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+    if not ours and diverted():
+        print(f"{filename}:{lineno}: {category.__name__}: {message}", file=sys.stderr)
+        return
     err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -325,6 +402,7 @@ def main() -> None:
     import signal
     import warnings
 
+    from edgekit.console import restore_stderr
     from edgekit.errors import environment_error
 
     warnings.showwarning = _show_warning
@@ -336,12 +414,15 @@ def main() -> None:
         if isinstance(exc, SystemExit):
             raise
         stop = _interruption(exc)
+        err = environment_error(exc) if isinstance(exc, OSError) else exc
+        if stop is None and not isinstance(err, EdgekitError):  # a bug: its traceback and the third-party log it came with
+            side_log = restore_stderr()
+            if side_log:
+                _error(f"unexpected {type(exc).__name__}; third-party output of this run: {side_log}")
+            raise
         if stop is not None:  # also when an import turned the signal into an ImportError (pybind11 does)
             _error(f"interrupted ({signal.Signals(stop.signum).name}): stopped, and removed what this run had written; --out is unchanged")
             sys.exit(128 + stop.signum)
-        err = environment_error(exc) if isinstance(exc, OSError) else exc
-        if not isinstance(err, EdgekitError):
-            raise
         _error(str(err))
         sys.exit(EdgekitError.exit_code)
 

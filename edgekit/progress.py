@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+from edgekit.console import console, terminal_stderr
 
 
 def quiet() -> bool:
@@ -23,7 +21,7 @@ def log(message: str) -> None:
 
 
 def enabled() -> bool:
-    return os.environ.get("EDGEKIT_PROGRESS", "1") != "0" and (sys.stderr.isatty() or os.environ.get("EDGEKIT_PROGRESS") == "1")
+    return os.environ.get("EDGEKIT_PROGRESS", "1") != "0" and (terminal_stderr().isatty() or os.environ.get("EDGEKIT_PROGRESS") == "1")
 
 
 def track(label: str, total: int) -> Iterator[int]:

@@ -4,13 +4,17 @@ and bad input (one-line error, exit 2, no traceback, nothing half-written)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import COCO, REPO, WEIGHTS_ST, edgekit
+
+EDGEKIT_CMD = [sys.executable, "-m", "edgekit.cli"]
 
 
 def recipe_file(tmp_path: Path, name: str = "recipe.yaml", **changes) -> Path:
@@ -32,7 +36,78 @@ def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "yolov5n"
     result = edgekit("export", "recipes/yolov5n.yaml", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "export.stderr").write_text(result.stderr)
     return out
+
+
+# what TensorFlow/LiteRT, absl, XNNPACK, torchao and torch print during a YOLOv5n export with LiteRT (issue 15)
+THIRD_PARTY_NOISE = ("absl::InitializeLog", "XNNPACK delegate", "Failed to load", "_pytree", "flatbuffer_export.cc", "oneDNN")
+
+
+def test_export_console_shows_no_third_party_output(run):
+    stderr = (run.parent / "export.stderr").read_text()
+    assert not [n for n in THIRD_PARTY_NOISE if n in stderr], stderr[-3000:]
+    assert "progress.py" not in stderr  # stage lines carry no source location
+
+
+def test_ci_outputs_junit_github_and_json(run, tmp_path):
+    """--junit (read back by junitparser), --github (annotations on the recipe, the job summary) and --json agree
+    with the plain verdicts; --confidence 0.95 also fails every budget whose interval's upper bound exceeds it."""
+    from junitparser import JUnitXml
+
+    report = json.loads((run / "report.json").read_text())
+    misses = {(v["name"], b["metric"]) for v in report["variants"] for b in v["budget"] if b["drop"] > b["limit"]}
+    cases = {(v["name"], b["metric"]) for v in report["variants"] for b in v["budget"]}
+    summary = tmp_path / "summary.md"
+    env_run = subprocess.run([*EDGEKIT_CMD, "check", run / "report.json", "--junit", tmp_path / "results.xml", "--github"],
+                             capture_output=True, text=True, cwd=REPO, env=dict(os.environ, GITHUB_STEP_SUMMARY=str(summary)), timeout=300)
+    assert env_run.returncode == (1 if misses else 0), env_run.stderr
+    xml = JUnitXml.fromfile(str(tmp_path / "results.xml"))
+    suite = next(iter(xml))
+    assert suite.tests == len(cases) == 6 and suite.failures == len(misses)
+    failed = {(c.classname.removeprefix("edgekit."), c.name) for c in suite if not c.is_passed}
+    assert failed == misses
+    for case in suite:
+        for result in case.result:
+            assert "dropped" in result.message and "budget" in result.message and case.classname.removeprefix("edgekit.") in result.message
+    errors = [line for line in env_run.stdout.splitlines() if line.startswith("::error ")]
+    assert len(errors) == len(misses) and all(line.startswith("::error file=recipes/yolov5n.yaml,title=edgekit budget ") for line in errors)
+    table = summary.read_text()
+    assert table.startswith("## edgekit check: yolov5n") and sum(1 for line in table.splitlines() if line.startswith("| ") and "int8" in line) == 6
+
+    strict = edgekit("check", run / "report.json", "--confidence", "0.95", "--junit", tmp_path / "strict.xml")
+    assert strict.returncode == 1
+    strict_failed = {(c.classname.removeprefix("edgekit."), c.name) for c in next(iter(JUnitXml.fromfile(str(tmp_path / "strict.xml")))) if not c.is_passed}
+    upper = {(v["name"], b["metric"]) for v in report["variants"] for b in v["budget"] if b["quantiles"]["0.975"] > b["limit"]}
+    assert strict_failed == misses | upper and upper  # 158 images leave some budget unresolved at 95%
+
+    as_json = edgekit("check", run / "report.json", "--json")
+    payload = json.loads(as_json.stdout)
+    assert payload["passed"] == (as_json.returncode == 0) == (not misses)
+    assert [v["name"] for v in payload["variants"]] == [v["name"] for v in report["variants"]]
+
+    folder = edgekit("check", run / "report.json", "--junit", tmp_path)
+    assert folder.returncode == 2 and "--junit names a folder" in folder.stderr and "Traceback" not in folder.stderr
+
+
+def test_github_workflow_example_is_valid_and_uses_real_options():
+    workflow = REPO / "examples" / "github-actions" / "edgekit.yml"
+    result = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(workflow)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = workflow.read_text()
+    check_help, root_help = edgekit("check", "--help").stdout, edgekit("--help").stdout
+    for option in ("--junit", "--github"):
+        assert option in text and option in check_help
+    assert "--quiet" in text and "--quiet" in root_help
+
+
+def test_version_and_exit_code_table():
+    from importlib.metadata import version
+
+    result = edgekit("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"edgekit {version('edgekit')}"
+    assert "Exit codes: 0" in " ".join(edgekit("--help").stdout.split())
 
 
 def test_export_writes_every_artifact(run):
