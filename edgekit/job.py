@@ -39,7 +39,7 @@ LATENCY_KEYS = ("median", "p90", "p99", "min", "mean")
 
 def latency_ms(stats) -> LatencyMs:
     """The report's latency record of ``LatencyStats`` (milliseconds, 3 decimals)."""
-    return LatencyMs(**{k: round(getattr(stats, k), 3) for k in LATENCY_KEYS})
+    return LatencyMs(**{k: round(getattr(stats, k), 3) for k in LATENCY_KEYS}, samples=[round(x, 3) for x in getattr(stats, "samples_ms", [])])
 
 
 def versions() -> dict[str, str]:

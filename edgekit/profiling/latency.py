@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,7 @@ class LatencyStats:
     warmup: int
     batch: int
     throughput_per_s: float
+    samples_ms: list[float] = field(default_factory=list)  # every timed call, in order (report.html plots them)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +42,7 @@ def stats_from_times(times_ms: list[float], warmup: int, batch: int) -> LatencyS
     median = float(np.median(t))
     return LatencyStats(
         median, float(np.percentile(t, 90)), float(np.percentile(t, 99)), float(t.min()), float(t.mean()), float(t.std()),
-        len(t), warmup, batch, batch * 1000.0 / median if median > 0 else 0.0,
+        len(t), warmup, batch, batch * 1000.0 / median if median > 0 else 0.0, [float(x) for x in t],
     )
 
 

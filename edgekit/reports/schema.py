@@ -23,6 +23,7 @@ class LatencyMs(BaseModel):
     p99: float
     min: float
     mean: float
+    samples: list[float] = Field(default_factory=list, description="every timed call in order (ms); report.html plots their distribution")
 
 
 class BudgetVerdict(BaseModel):

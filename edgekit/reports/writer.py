@@ -46,14 +46,19 @@ def sealed_json(report: Report, out_dir: Path) -> tuple[str, Integrity]:
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``out_dir/report.json`` (sealed with its integrity record, see ``edgekit.reports.verify``) and
-    ``out_dir/report.md`` (and the SVG plots it shows, ``edgekit.reports.plots``); on any failure none is touched. On success ``report`` carries the record."""
+    ``out_dir/report.md`` (and the SVG plots it shows, ``edgekit.reports.plots``) and ``out_dir/report.html``
+    (``edgekit.reports.html``); on any failure none is touched. On success ``report`` carries the record."""
     out_dir = Path(out_dir)
     json_text, integrity = sealed_json(report, out_dir)
     md_text = render_markdown(report)
+    from edgekit.reports.html import render_html
+
+    html_text = render_html(report)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     with ExitStack() as stack:
         for name, svg in report_plots(report).items():  # plots first: report.md names them
             stack.enter_context(atomic_path(out_dir / name)).write_text(svg, encoding="utf-8")
+        stack.enter_context(atomic_path(out_dir / "report.html")).write_text(html_text, encoding="utf-8")
         tmp_json = stack.enter_context(atomic_path(json_path))
         tmp_md = stack.enter_context(atomic_path(md_path))
         tmp_json.write_text(json_text, encoding="utf-8")
