@@ -1,4 +1,4 @@
-"""The ``edgekit`` command line: export, eval, bench, inspect, build, embed-labels, generate, check, sensitivity."""
+"""The ``edgekit`` command line: export, eval, bench, inspect, build, embed-labels, generate, check, compare, sensitivity."""
 
 from __future__ import annotations
 
@@ -335,6 +335,49 @@ def _ci_outputs(report, source: Path, require_all: bool, confidence: float | Non
         if summary:
             with open(summary, "a", encoding="utf-8") as f:
                 f.write(markdown_summary(report, require_all, confidence))
+
+
+@app.command()
+def compare(
+    reports: Annotated[list[Path], typer.Argument(help="run folders or report.json files; the first is the baseline")],
+    html: Annotated[Path | None, typer.Option("--html", help="also write the comparison page here (default: none; never overwritten)")] = None,
+) -> None:
+    """The same recipe on several devices or versions side by side: accuracy, latency ratios, size per device. Exit 1
+    on a regression against the first report (an accuracy drop beyond the recipe's budget anywhere; a slowdown
+    beyond the measured noise on the same device fingerprint), 2 on bad input.
+
+    Example: edgekit compare runs/xeon runs/jetson-orin --html compare.html
+    """
+    from edgekit.reports import load_report, report_file
+    from edgekit.reports.compare import compare_reports, label_for, render_compare_html, rows
+
+    if len(reports) < 2:
+        raise EdgekitError("compare needs two or more reports", reports[0] if reports else None, "pass a baseline run and the runs to compare with it")
+    if html is not None and html.exists():
+        raise EdgekitError("the --html file exists (not overwritten)", html, "choose another path or delete it")
+    files = [report_file(r) for r in reports]
+    labels = [label_for(f) for f in files]
+    labels = labels if len(set(labels)) == len(labels) else [str(f) for f in files]
+    result = compare_reports([(label, load_report(f)) for label, f in zip(labels, files)])
+    header, table_rows = rows(result)
+    table = Table(title="edgekit compare (baseline: " + labels[0] + ")")
+    for col in header:
+        table.add_column(col)
+    for row in table_rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if html is not None:
+        from edgekit.artifacts import write_text_atomic
+
+        write_text_atomic(html, render_compare_html(result))
+        console.print(f"page: {html}")
+    for line in result.regressions:
+        err_console.print(f"REGRESSION {line}", markup=False, highlight=False, soft_wrap=True)
+    if result.regressions:
+        raise typer.Exit(1)
+    console.print("no regression")
 
 
 @app.command()

@@ -17,22 +17,26 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run installs it)")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def small_run(tmp: Path, name: str, threads: int = 2, head_float: bool = True) -> Path:
     """A small real YOLOv5n run (two ONNX Runtime variants and OpenVINO int8, 10 evaluation images)."""
-    tmp = tmp_path_factory.mktemp("html")
-    recipe = tmp / "r.yaml"
+    recipe = tmp / f"{name}.yaml"
     recipe.write_text(json.dumps({
         "name": "yolov5n-html", "model": {"family": "yolo", "weights": str(WEIGHTS_ST), "input_size": 320},
-        "quantization": {"calibration": {"images": str(COCO / "calib_images"), "count": 8, "warn_below": 1}, "method": "percentile"},
+        "quantization": {"calibration": {"images": str(COCO / "calib_images"), "count": 8, "warn_below": 1}, "method": "percentile",
+                         "keep_float": {"head": head_float}},
         "targets": ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"],
         "evaluation": {"dataset": {"images": str(COCO / "images"), "annotations": str(COCO / "annotations" / "instances_val2017_subset.json")}, "max_images": 10},
-        "benchmark": {"warmup": 1, "runs": 12, "threads": 2}, "budgets": {"mAP50-95": {"max_drop": 0.5}},
+        "benchmark": {"warmup": 1, "runs": 12, "threads": threads}, "budgets": {"mAP50-95": {"max_drop": 0.02}},
     }))
-    out = tmp / "run"
+    out = tmp / name
     result = edgekit("export", recipe, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return small_run(tmp_path_factory.mktemp("html"), "run")
 
 
 def browse(page: Path, size: str, screenshot: Path) -> dict[str, str]:
@@ -74,3 +78,26 @@ def test_report_html_renders_in_chromium_on_desktop_and_phone(run):
             assert p["width"] > 50 and p["height"] > 50 and p["marks"] >= 3, p
         assert plots["latency"]["marks"] >= 3 * 12  # every timed call of every variant is a dot
         assert data["overflow"] == "false", f"{name}: the page scrolls sideways"
+
+
+def test_compare_flags_an_accuracy_regression_on_another_device_fingerprint(run, tmp_path):
+    """A second run with 1 thread (another fingerprint: latency shown as ratios, not gated) whose int8 quantizes the
+    head's decode too (the naive all-op int8): compare names the accuracy regression and exits 1; a run compared with
+    itself has none. compare.html renders in the browser like report.html."""
+    other = small_run(tmp_path, "naive-1thread", threads=1, head_float=False)
+    same = edgekit("compare", run, run / "report.json")
+    assert same.returncode == 0 and "no regression" in same.stdout, same.stdout + same.stderr
+    result = edgekit("compare", run, other, "--html", tmp_path / "compare.html")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "REGRESSION naive-1thread: onnxruntime:int8 mAP50-95" in result.stderr
+    assert "onnxruntime:fp32 mAP50-95" not in result.stderr  # the FP32 model is the same one
+    assert "another device" in result.stdout and "threads 1" in result.stdout
+    assert "median latency" not in result.stderr  # different fingerprint: never a latency verdict
+    assert "no regression" not in result.stdout
+    page = (tmp_path / "compare.html").read_text()
+    assert "naive-1thread" in page and "onnxruntime:int8" in page
+    again = edgekit("compare", run, other, "--html", tmp_path / "compare.html")
+    assert again.returncode == 2 and "not overwritten" in again.stderr
+    if CHROMIUM:
+        data = browse(tmp_path / "compare.html", "1280,1200", tmp_path / "compare.png")
+        assert not data.get("errors") and json.loads(data["plots"])[0]["marks"] >= 6
