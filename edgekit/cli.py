@@ -104,7 +104,10 @@ def eval_(
     backend: Annotated[str | None, typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
     allow_missing_images: Annotated[bool, typer.Option(help="score the annotated images found in --images instead of refusing a folder that lacks some")] = False,
 ) -> None:
-    """COCO mAP50-95 / mAP50 of a YOLO model on any backend."""
+    """COCO mAP50-95 / mAP50 of a YOLO model on any backend.
+
+    Example: edgekit eval runs/yolov5n/model_int8.onnx --max-images 50
+    """
     from edgekit import progress
     from edgekit.assets import assets_dir
     from edgekit.evaluators.coco import coco_images
@@ -144,7 +147,10 @@ def bench(
     batch: Annotated[int, typer.Option(help="batch size for dynamic-batch models")] = 1,
     backend: Annotated[str | None, typer.Option(help="a registered backend, e.g. onnxruntime, openvino, tflite, tensorrt (default: the one reading the file suffix)")] = None,
 ) -> None:
-    """Latency (median/p90/p99/min), throughput, size and peak memory on any backend, with the device fingerprint."""
+    """Latency (median/p90/p99/min), throughput, size and peak memory on any backend, with the device fingerprint.
+
+    Example: edgekit bench runs/yolov5n/openvino/model_int8.xml --runs 100 --threads 2
+    """
     import numpy as np
 
     from edgekit.profiling.device import device_fingerprint
@@ -172,7 +178,10 @@ def inspect(
     model: Annotated[Path | None, typer.Argument(help="ONNX model")] = None,
     passes: Annotated[bool, typer.Option("--passes", help="list the available fusion passes")] = False,
 ) -> None:
-    """Inputs, outputs, opset, operator counts, Q/DQ counts, size and edgekit provenance of an ONNX model."""
+    """Inputs, outputs, opset, operator counts, Q/DQ counts, size and edgekit provenance of an ONNX model.
+
+    Example: edgekit inspect runs/yolov5n/model_int8.onnx
+    """
     if passes:
         from edgekit.passes import available_passes, get_pass
 
@@ -213,7 +222,10 @@ def build(
     run: Annotated[Path, typer.Argument(help="a folder written by `edgekit export` with tensorrt targets")],
     precision: Annotated[str | None, typer.Option(help="build only this precision (fp32, fp16, int8)")] = None,
 ) -> None:
-    """Build the run's TensorRT engines on this device (TensorRT Python API, or trtexec), each with its manifest."""
+    """Build the run's TensorRT engines on this device (TensorRT Python API, or trtexec), each with its manifest.
+
+    Example: edgekit build runs/yolov5n --precision int8
+    """
     from edgekit.backends.tensorrt.builder import build_from_run
 
     for engine in build_from_run(run, precision):
@@ -229,7 +241,10 @@ def embed_labels_(
     target: Annotated[str, typer.Option(help="whose text tower encodes the prompts")] = "onnxruntime:fp32",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
-    """Zero-shot class embeddings for on-device classification: logits = image_embeds @ embeddings.T."""
+    """Zero-shot class embeddings for on-device classification: logits = image_embeds @ embeddings.T.
+
+    Example: edgekit embed-labels runs/clip --labels labels.txt --out labels.npy
+    """
     import numpy as np
 
     from edgekit.artifacts import atomic_path
@@ -256,7 +271,10 @@ def generate(
     """Greedy generation with the exported ONNX graphs (vision, embedding, KV-cache decoder), streamed to stdout.
 
     A prompt whose tokens (image tokens included) plus --max-new-tokens exceed the model's context is refused before
-    anything runs."""
+    anything runs.
+
+    Example: edgekit generate runs/smolvlm --prompt "Describe the image." --image cat.jpg --max-new-tokens 32
+    """
     from edgekit.models.vlm.runtime import generate_in_run
 
     printed = ""

@@ -108,6 +108,9 @@ def test_version_and_exit_code_table():
     result = edgekit("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"edgekit {version('edgekit')}"
     assert "Exit codes: 0" in " ".join(edgekit("--help").stdout.split())
+    commands = ("export", "eval", "bench", "inspect", "build", "embed-labels", "generate", "check", "compare", "sensitivity")
+    for command in commands:  # every command's help shows one example
+        assert f"Example: edgekit {command} " in " ".join(edgekit(command, "--help").stdout.split()), command
 
 
 def test_export_writes_every_artifact(run):
