@@ -43,7 +43,7 @@ VOLATILE_METRICS: frozenset[str] = frozenset(
 # ``versions`` dicts keep only these keys: the other library versions belong to the machine, not the code.
 KEPT_VERSIONS: frozenset[str] = frozenset({"edgekit"})
 # Files not hashed: report.json is stored normalized instead, report.md renders it with the volatile values.
-SKIPPED_FILES: frozenset[str] = frozenset({"report.json", "report.md"})
+SKIPPED_FILES: frozenset[str] = frozenset({"report.json", "report.md", "report.html"})  # report.html carries timings and latency samples
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
