@@ -39,6 +39,11 @@ def divert_third_party_output() -> None:
     """Send fd 2 and ``sys.stderr`` to a side log; edgekit's console keeps writing to the real stderr."""
     if _state:
         return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):  # captured in-process (pytest's capsys, an embedding app): leave it
+        return
     sys.stderr.flush()
     real = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8", errors="replace")
     fd, path = tempfile.mkstemp(prefix="edgekit-native-", suffix=".log")

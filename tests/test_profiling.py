@@ -86,7 +86,8 @@ def test_latency_on_onnxruntime_is_ordered_and_consistent(matmul_path):
     assert stats.min <= stats.mean and stats.std >= 0
     assert stats.throughput_per_s == pytest.approx(16 * 1000.0 / stats.median)
     d = stats.to_dict()
-    assert set(d) == {"median", "p90", "p99", "min", "mean", "std", "runs", "warmup", "throughput_per_s", "batch"}
+    assert set(d) == {"median", "p90", "p99", "min", "mean", "std", "runs", "warmup", "throughput_per_s", "batch", "samples_ms"}
+    assert len(d["samples_ms"]) == d["runs"]
     assert json.loads(json.dumps(d)) == d
 
 

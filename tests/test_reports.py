@@ -178,7 +178,7 @@ def test_write_and_load_round_trip(tmp_path: Path):
     report.variants[1].budget = evaluate_budgets(report.variants[0].metrics, report.variants[1].metrics, report.budgets)
     json_path, md_path = write_report(report, tmp_path / "out")
     assert json_path == tmp_path / "out" / "report.json" and md_path == tmp_path / "out" / "report.md"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.json", "report.md"]
     loaded = load_report(json_path)
     assert loaded == report
     data = json.loads(json_path.read_text())
@@ -294,7 +294,7 @@ def test_write_report_failure_while_writing_removes_partials(tmp_path: Path, mon
 def test_write_report_leaves_no_partial_files(tmp_path: Path):
     write_report(_report(), tmp_path)
     write_report(_report(int8_map=0.29), tmp_path)  # overwrite in place
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md"]
     assert load_report(tmp_path / "report.json").variants[1].metrics["mAP50-95"] == 0.29
 
 
