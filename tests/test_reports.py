@@ -309,3 +309,44 @@ def test_ceiling_budget_for_lower_is_better_metrics():
     assert not missing.passed and "logit_kl missing from variant metrics" in missing.message
     with pytest.raises(EdgekitError):
         evaluate_budgets({}, {}, {"m": {"max_value": 0.1, "max_drop": 0.1}})
+
+
+# --- report.html and compare: pure functions --------------------------------------------------------------------
+
+
+def test_pareto_front_keeps_only_undominated_variants():
+    from edgekit.reports.html import pareto
+
+    points = [("fp32", 40.0, 0.30), ("int8", 30.0, 0.29), ("slow-worse", 45.0, 0.28), ("ov", 25.0, 0.295), ("tie", 30.0, 0.285)]
+    assert pareto(points) == ["ov", "fp32"]  # ov beats int8 and tie on both; fp32 is slower but more accurate
+    assert pareto([("a", 10.0, 0.1), ("b", 20.0, 0.2), ("c", 30.0, 0.15)]) == ["a", "b"]
+
+
+def test_device_card_and_fingerprint_show_gpu_and_jetson_power_mode():
+    from edgekit.reports.compare import fingerprint
+    from edgekit.reports.html import device_card, render_html
+
+    report = _report()
+    assert "no GPU" in fingerprint(report) and "avx512_vnni" in fingerprint(report)
+    report.device |= {"gpus": [{"name": "Orin", "driver": "540.4", "compute_capability": "8.7"}], "jetson_model": "NVIDIA Jetson Orin Nano",
+                      "power_mode": "NV Power Mode: 15W", "l4t": "R36.4"}
+    card = device_card(report)
+    assert "Orin (driver 540.4, sm 8.7)" in card and "NVIDIA Jetson Orin Nano" in card and "15W" in card and "R36.4" in card
+    assert "Orin / NVIDIA Jetson Orin Nano NV Power Mode: 15W" in fingerprint(report)
+    page = render_html(report)
+    assert page.startswith("<!DOCTYPE html>") and 'id="tradeoff"' in page and 'id="class-ap"' in page
+    assert 'id="latency"' not in page  # this report kept no raw samples: no distribution is drawn from nothing
+
+
+def test_compare_gates_latency_only_on_the_same_fingerprint():
+    from edgekit.reports.compare import compare_reports
+
+    base, slower = _report(), _report()
+    slower.variants[1].latency_ms.median *= 1.5
+    same = compare_reports([("a", base), ("b", slower)])
+    assert len(same.regressions) == 1 and "int8 median latency" in same.regressions[0]
+    slower.device = dict(slower.device, cpu_model="Another CPU")
+    other = compare_reports([("a", base), ("b", slower)])
+    assert other.regressions == [] and any("another device" in n for n in other.notes)
+    worse = _report(int8_map=0.28)
+    assert any("mAP50-95 0.2800" in r for r in compare_reports([("a", base), ("b", worse)]).regressions)

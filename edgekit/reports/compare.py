@@ -23,8 +23,10 @@ def fingerprint(report: Report) -> str:
     """The device a report was measured on, and the threads its latency used."""
     d = report.device
     threads = sorted({v.threads for v in report.variants if v.threads})
+    gpus = ",".join(g.get("name", "?") for g in d.get("gpus") or []) or "no GPU"
+    board = [f"{d['jetson_model']} {d.get('power_mode', '')}".strip()] if d.get("jetson_model") else []
     return " / ".join(str(x) for x in (d.get("cpu_model") or "?", f"{d.get('logical_cores', '?')} cores", ",".join(d.get("isa_flags") or []) or "-",
-                                        d.get("gpu") or "no GPU", f"threads {','.join(map(str, threads)) or '?'}"))
+                                        gpus, *board, f"threads {','.join(map(str, threads)) or '?'}"))
 
 
 def _median_se(v: Variant) -> float:

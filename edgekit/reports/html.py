@@ -190,8 +190,10 @@ def variants_table(report: Report) -> str:
 
 def device_card(report: Report) -> str:
     d = report.device
+    gpus = ", ".join(f"{g.get('name', '?')} (driver {g.get('driver', '?')}, sm {g.get('compute_capability', '?')})" for g in d.get("gpus") or [])
     keys = [("CPU", d.get("cpu_model")), ("cores", d.get("logical_cores")), ("ISA", ", ".join(d.get("isa_flags", []) or [])),
-            ("GPU", d.get("gpu")), ("Jetson", d.get("jetson")), ("OS", d.get("os")), ("Python", d.get("python")),
+            ("GPU", gpus), ("Jetson", d.get("jetson_model")), ("L4T", d.get("l4t")), ("power mode", d.get("power_mode")),
+            ("memory GB", d.get("memory_gb")), ("OS", d.get("os")), ("Python", d.get("python")),
             ("runtimes", ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items()))]
     return '<div class="card">' + "<br>".join(f"<b>{k}</b>: {escape(str(v))}" for k, v in keys if v) + "</div>"
 

@@ -19,7 +19,7 @@ def report_summary(report: Report, path: str | Path) -> dict[str, Any]:
         "report": str(path),
         "recipe": report.recipe.get("name"),
         "reference": report.reference,
-        "device": {k: report.device.get(k) for k in ("cpu_model", "logical_cores", "isa_flags", "gpu") if k in report.device},
+        "device": {k: report.device.get(k) for k in ("cpu_model", "logical_cores", "isa_flags", "gpus", "jetson_model", "power_mode") if k in report.device},
         "passed": all(b.passed for v in report.variants for b in v.budget),
         "variants": [{
             "name": v.name, "status": v.status, "metrics": v.metrics,
