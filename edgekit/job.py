@@ -444,29 +444,30 @@ class Job:
         self.eval_samples: dict[str, dict[str, Any]] = {}  # target name -> per-sample data for the budget intervals
         try:
             for target in order:
-                if variants[target].status != "measured":
+                if variants[target].status == "not_built":
                     continue
                 with PeakMemory() as memory:
                     runners[target] = {}
                     for name, built in builds[target].items():
-                        runners[target][name] = built.make_runner()
+                        runners[target][name] = built.make_runner() if built.built else built.simulate()
                         runners[target][name].load()
                     with self.timer(f"evaluate {target.name}"):
                         result = self.family.evaluate(target, runners[target], reference)
                 v = variants[target]
-                v.peak_memory_mb = round(memory.peak_mb, 1)
+                v.peak_memory_mb = round(memory.peak_mb, 1) if v.status == "measured" else None
                 v.metrics, v.fidelity, v.per_class_ap = result.metrics, result.fidelity, result.per_class_ap
                 v.notes += result.notes
                 self.eval_samples[target.name] = result.samples
                 reference = result if reference is None else reference
-            self._latency(runners, variants)
-            for target, speed in self.family.speed(runners).items():
+            timed = {t: r for t, r in runners.items() if variants[t].status == "measured"}  # a simulation's speed means nothing
+            self._latency(timed, variants)
+            for target, speed in self.family.speed(timed).items():
                 self._apply_speed(variants[target], speed)
         finally:
             for graph_runners in runners.values():
                 for runner in graph_runners.values():
                     runner.close()
-        for target in runners:
+        for target in (t for t in runners if variants[t].status == "measured"):
             files = {g: b.path for g, b in builds[target].items()}
             if (mem := self.family.memory(target, files)) is not None:
                 variants[target].peak_memory_mb = mem["peak_rss_mb"]
@@ -507,6 +508,7 @@ class Job:
         r, names = self.recipe, list(built)
         single = names == ["model"]
         reasons = sorted({b.not_built for b in built.values() if b.not_built})
+        simulated = bool(reasons) and all(b.simulate is not None or b.built for b in built.values())
 
         def rel(path: Path | None) -> str:
             return str(path.relative_to(self.stage)) if path else ""
@@ -527,7 +529,8 @@ class Job:
         main = built[self.family.main_graph or names[0]]
         return Variant(
             name=target.name, backend=target.backend, precision=target.precision, model_path=rel(main.path),
-            status="not_built" if reasons else "measured", not_built_reason="; ".join(reasons) or None,
+            status=("simulated" if simulated else "not_built") if reasons else "measured", not_built_reason="; ".join(reasons) or None,
+            simulated_how="; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None if simulated else None,
             files=[rel(p) for b in built.values() for p in b.files], batch=r.model.batch, threads=r.benchmark.threads,
             size_bytes=sum(model_size_bytes(b.path) for b in built.values() if b.path),
             notes=[n for b in built.values() for n in b.notes], components=components,
@@ -554,7 +557,7 @@ class Job:
         budgets = {k: v.model_dump(exclude_none=True) for k, v in r.budgets.items()}
         ref = next(v for v in variants if v.name == reference.name)
         samples = getattr(self, "eval_samples", {})
-        gated = [v for v in variants if v is not ref and budgets and v.status == "measured"]
+        gated = [v for v in variants if v is not ref and budgets and v.status in ("measured", "simulated")]
         if gated:
             with self.timer("bootstrap intervals"):
                 for v in gated:

@@ -124,7 +124,9 @@ def test_small_cnn_every_target(tmp_path):
     for name in ("onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"):
         assert v[name].status == "measured", (name, v[name].not_built_reason)
         assert v[name].latency_ms is not None and v[name].latency_ms.median > 0
-    assert v["tensorrt:int8"].status == "not_built" and "TensorRT" in v["tensorrt:int8"].not_built_reason
+    trt = v["tensorrt:int8"]  # no TensorRT here: its Q/DQ graph's accuracy, run on the CPU as written
+    assert trt.status == "simulated" and "TensorRT" in trt.not_built_reason and trt.latency_ms is None
+    assert trt.metrics["output_cosine"] > 0.98, trt.metrics
     assert v["tflite:fp32"].status == "not_built" and "needs a PyTorch module" in v["tflite:fp32"].not_built_reason
     for name in ("onnxruntime:int8", "openvino:int8"):
         assert v[name].metrics["output_cosine"] > 0.98, (name, v[name].metrics)

@@ -132,6 +132,9 @@ class Built:
     settings: dict[str, Any] = field(default_factory=dict)
     not_built: str | None = None
     notes: list[str] = field(default_factory=list)
+    # not built, but its accuracy can be measured another way (TensorRT's graph run on the CPU): the runner, and how
+    simulate: Callable[[], Runner] | None = None
+    simulated_how: str | None = None
 
     @property
     def built(self) -> bool:

@@ -293,8 +293,8 @@ def check_report(report: Report, require_all: bool = False, source: str | Path |
         check_confidence(confidence, report, source)
     check_reference(report, source)
     reference = report.variant(report.reference)
-    others = [v for v in report.variants if v is not reference and v.status == "measured"]
-    skipped = [f"{v.name}: SKIPPED, not built ({v.not_built_reason})" for v in report.variants if v.status != "measured"]
+    others = [v for v in report.variants if v is not reference and v.status in ("measured", "simulated")]
+    skipped = [f"{v.name}: SKIPPED, not built ({v.not_built_reason})" for v in report.variants if v.status == "not_built"]
     if not others:
         return not (require_all and skipped), [f"only the reference variant {reference.name} is in the report: nothing to check", *skipped]
     ok, lines = not (require_all and skipped), list(skipped)
@@ -305,4 +305,6 @@ def check_report(report: Report, require_all: bool = False, source: str | Path |
             passed, more = verdict_lines(verdict, confidence)
             ok = ok and passed
             lines += [f"{variant.name}: {line}" for line in more]
+        if variant.status == "simulated":
+            lines.append(f"{variant.name}: {variant.simulated_how}")
     return ok, lines

@@ -49,8 +49,8 @@ class Comparison:
 
 def compare_reports(reports: list[tuple[str, Report]]) -> Comparison:
     """Variants measured in every report, and the regressions of each report against the first."""
-    names = [v.name for v in reports[0][1].variants if v.status == "measured"]
-    common = [n for n in names if all((r.variant(n) and r.variant(n).status == "measured") for _, r in reports[1:])]
+    names = [v.name for v in reports[0][1].variants if v.status != "not_built"]
+    common = [n for n in names if all((r.variant(n) and r.variant(n).status != "not_built") for _, r in reports[1:])]
     result = Comparison(reports, common)
     (base_label, base), budgets = reports[0], reports[0][1].budgets
     for label, other in reports[1:]:

@@ -70,7 +70,7 @@ def _svg(plot_id: str, body: list[str], height: int = H) -> str:
 
 def primary_metric(report: Report) -> str | None:
     """The metric the page plots against latency: the first budgeted one, else the first the variants share."""
-    measured = [v for v in report.variants if v.status == "measured" and v.metrics]
+    measured = [v for v in report.variants if v.status != "not_built" and v.metrics]
     for m in [*report.budgets, *(measured[0].metrics if measured else {})]:
         if measured and all(m in v.metrics for v in measured):
             return m
@@ -175,15 +175,16 @@ def variants_table(report: Report) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in ["variant", "status", *metrics, "median ms", "p90 ms", "size MB", "budget"])
     rows = []
     for v in report.variants:
-        if v.status != "measured":
+        if v.status == "not_built":
             rows.append(f'<tr><td>{escape(v.name)}</td><td class="skip" colspan="{len(metrics) + 5}">not built: {escape(v.not_built_reason or "")}</td></tr>')
             continue
         verdict = ('<span class="pass">PASS</span>' if all(b.passed for b in v.budget) else '<span class="fail">FAIL</span>') if v.budget else "-"
         lat = _latency(v)
-        cells = [v.name, "measured", *[_fmt(v.metrics.get(m)) for m in metrics], _fmt(lat, ".2f"),
+        cells = [v.name, v.status, *[_fmt(v.metrics.get(m)) for m in metrics], _fmt(lat, ".2f"),
                  _fmt(v.latency_ms.p90 if v.latency_ms else None, ".2f"), f"{v.size_bytes / 1e6:.2f}"]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + f"<td>{verdict}</td></tr>")
-    budgets = [f"<li>{escape(v.name)}: {escape(b.message)}" + (f" (95% interval of the drop {b.interval[0]:.4f} to {b.interval[1]:.4f})" if b.interval else "")
+    budgets = [f"<li>{escape(v.simulated_how)}: {escape(v.name)} is not built here</li>" for v in report.variants if v.status == "simulated"]
+    budgets += [f"<li>{escape(v.name)}: {escape(b.message)}" + (f" (95% interval of the drop {b.interval[0]:.4f} to {b.interval[1]:.4f})" if b.interval else "")
                + "</li>" for v in report.variants for b in v.budget]
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>" + (f"<ul>{''.join(budgets)}</ul>" if budgets else "")
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.4"  # 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts; 1.4: tuning
+SCHEMA_VERSION = "1.5"  # 1.5: "simulated" variants (accuracy on CPU, no engine), latency samples; 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts; 1.4: tuning
 INTERVALS_SINCE = (1, 3)  # reports of this version and later carry bootstrap intervals where the family gives per-sample data
 INTEGRITY_SINCE = (1, 2)  # reports of this version and later must carry an integrity record
 
@@ -72,8 +72,9 @@ class Variant(BaseModel):
     backend: str
     precision: str
     model_path: str
-    status: Literal["measured", "not_built"] = "measured"
+    status: Literal["measured", "simulated", "not_built"] = "measured"
     not_built_reason: str | None = None
+    simulated_how: str | None = Field(None, description="simulated: how the accuracy was obtained without the engine (latency not measured)")
     files: list[str] = Field(default_factory=list, description="every file this target wrote, relative to the run folder")
     metrics: dict[str, float] = Field(default_factory=dict)
     per_class_ap: dict[str, float] = Field(default_factory=dict)

@@ -22,7 +22,7 @@ def report_summary(report: Report, path: str | Path) -> dict[str, Any]:
         "device": {k: report.device.get(k) for k in ("cpu_model", "logical_cores", "isa_flags", "gpus", "jetson_model", "power_mode") if k in report.device},
         "passed": all(b.passed for v in report.variants for b in v.budget),
         "variants": [{
-            "name": v.name, "status": v.status, "metrics": v.metrics,
+            "name": v.name, "status": v.status, "simulated_how": v.simulated_how, "metrics": v.metrics,
             "latency_median_ms": v.latency_ms.median if v.latency_ms else None, "size_bytes": v.size_bytes,
             "budget": [{"metric": b.metric, "drop": b.drop, "limit": b.limit, "kind": b.kind, "passed": b.passed,
                         "interval": b.interval} for b in v.budget],
@@ -41,7 +41,7 @@ def _cases(report: Report, require_all: bool, confidence: float | None = None) -
     for v in report.variants:
         if v is reference:
             continue
-        if v.status != "measured":
+        if v.status == "not_built":
             reason = f"{v.name}: not built here ({v.not_built_reason or 'no reason recorded'})"
             cases += [(v.name, m, reason if require_all else None, None if require_all else reason, reason) for m in report.budgets]
             continue

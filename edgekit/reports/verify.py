@@ -133,6 +133,11 @@ def _status_problems(report: Report) -> list[str]:
                 problems.append(f"{v.name} is 'measured' but has no {' or '.join(missing)}")
             if v.not_built_reason:
                 problems.append(f"{v.name} is 'measured' but carries a not-built reason ({v.not_built_reason})")
+        elif v.status == "simulated":  # accuracy without an engine: metrics, never a latency
+            if not v.metrics or v.latency_ms is not None or not v.simulated_how:
+                problems.append(f"{v.name} is 'simulated' but has {'no metrics' if not v.metrics else 'a latency' if v.latency_ms else 'no method'}")
+            if not v.not_built_reason:
+                problems.append(f"{v.name} is 'simulated' without the reason its engine was not built")
         else:
             if v.metrics or v.latency_ms is not None or v.budget:
                 problems.append(f"{v.name} is '{v.status}' but has metrics, latency or budget verdicts")
@@ -150,7 +155,7 @@ def _verdict_problems(report: Report, require_stored: bool) -> list[str]:
         return []
     problems = []
     for v in report.variants:
-        if v is ref or v.status != "measured" or (not v.budget and not require_stored):
+        if v is ref or v.status == "not_built" or (not v.budget and not require_stored):
             continue
         try:
             fresh = evaluate_budgets(ref.metrics, v.metrics, report.budgets)

@@ -129,6 +129,8 @@ def engine_lines(report: Report) -> list[str]:
         lines.append(f"- `{v.name}`: " + ", ".join(f"`{f}`" for f in v.files or [v.model_path]))
         if v.status != "measured":
             lines.append(f"  - **not built:** {v.not_built_reason}")
+        if v.status == "simulated":
+            lines.append(f"  - **{v.simulated_how}**")
         if backend.get("compiled"):
             lines.append("  - compiled: " + ", ".join(f"{k}={val}" for k, val in backend["compiled"].items()))
         if backend.get("interpreter"):
@@ -208,7 +210,7 @@ def _verdicts(report: Report, v) -> list:
 def budget_lines(report: Report) -> list[str]:
     """Each verdict, a table of the bootstrap intervals (schema 1.3) and a line per budget the set cannot resolve."""
     ref = report.variant(report.reference)
-    gated = [(v, _verdicts(report, v)) for v in report.variants if v is not ref and v.status == "measured"]
+    gated = [(v, _verdicts(report, v)) for v in report.variants if v is not ref and v.status in ("measured", "simulated")]
     checks = [f"- `{v.name}`: {b.message}" for v, verdicts in gated for b in verdicts]
     if not checks:
         return []
@@ -329,7 +331,7 @@ def render_markdown(report: Report) -> str:
         row.append(f"{lat.median:.2f} / {lat.p90:.2f}" if lat else "-")
         row.append(f"{ref_median / lat.median:.2f}x" if ref_median and lat and lat.median > 0 else "-")
         row.append(f"{v.size_bytes / 1e6:.2f}" if v.size_bytes else "-")
-        if v.status != "measured":
+        if v.status == "not_built":
             row.append("not built (see Engines)")
         elif v is ref:
             row.append("reference")
@@ -338,7 +340,7 @@ def render_markdown(report: Report) -> str:
         else:
             verdicts = evaluate_budgets(ref.metrics, v.metrics, report.budgets)
             failed = [b.metric for b in verdicts if not b.passed]
-            row.append("**FAIL** (" + ", ".join(failed) + ")" if failed else "PASS")
+            row.append(("**FAIL** (" + ", ".join(failed) + ")" if failed else "PASS") + (" (simulated, engine not built)" if v.status == "simulated" else ""))
         rows.append(row)
     lines += ["## Variants", "", *_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 3) + ["l"]), ""]
 

@@ -107,7 +107,18 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
     how = tensorrt_available()
     reason = "tensorrt.build is 'never'" if run.recipe.tensorrt.build == "never" else None if how else TENSORRT_MISSING
     if reason:
-        return Built(onnx_path, precision, None, files, settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below")
+        simulate, how = None, None
+        if precision in ("int8", "fp16"):  # accuracy without the engine (edgekit.backends.tensorrt.simulate)
+            from edgekit.backends.tensorrt.simulate import FP16_HOW, INT8_HOW, simulated_runner, write_fp16_emulation
+
+            sim = onnx_path if precision == "int8" else write_fp16_emulation(graph.fp32, folder / file_name(graph, "model_fp16_simulated.onnx"))
+            if sim != onnx_path:
+                files.append(sim)
+            threads = run.recipe.benchmark.threads
+            simulate, how = (lambda path=sim: simulated_runner(path, threads)), INT8_HOW if precision == "int8" else FP16_HOW
+            settings["simulated_with"] = str(Path("tensorrt") / sim.name)
+        return Built(onnx_path, precision, None, files, settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below",
+                     simulate=simulate, simulated_how=how)
     build_engine(onnx_path, engine, config)
     files += [engine, manifest_path(engine)]
     settings["builder"] = how
