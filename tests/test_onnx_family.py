@@ -134,10 +134,9 @@ def test_small_cnn_every_target(tmp_path):
         assert v[name].manifest["settings"]["quantization"] is not None
     assert v["openvino:fp32"].metrics["output_cosine"] > 0.99999
     # budgets: evaluated against the reference for every measured variant, both kinds (drop and ceiling)
-    for name in ("onnxruntime:int8", "openvino:fp32", "openvino:int8"):
+    for name in ("onnxruntime:int8", "openvino:fp32", "openvino:int8", "tensorrt:int8"):  # the simulation is gated too
         verdicts = {b.metric: b for b in v[name].budget}
         assert set(verdicts) == {"output_cosine", "max_abs_error"} and all(b.passed for b in verdicts.values()), verdicts
-    assert not v["tensorrt:int8"].budget
     # import: recorded, passes run (BatchNormalization folded) and verified, no PyTorch check
     settings = v["onnxruntime:int8"].manifest["settings"]
     check = settings["export"]["check"]
