@@ -292,7 +292,7 @@ def test_build_command_without_tensorrt_fails_cleanly(edge_run):
     result = edgekit("build", edge_run, "--precision", "int8", cwd=edge_run)  # cwd has a tensorrt/ folder: not TensorRT
     assert result.returncode == 2 and "TensorRT is not installed" in result.stderr and "Traceback" not in result.stderr
     assert not (edge_run / "tensorrt" / "model_int8.engine").exists()
-    missing = edgekit("build", edge_run, "--precision", "fp16")
+    missing = edgekit("build", edge_run, "--precision", "fp32")  # the run has int8 and fp16 plans, no fp32 one
     assert missing.returncode == 2 and "no TensorRT build settings" in missing.stderr
 
 
