@@ -272,6 +272,14 @@ def check_reference(report: Report, source: str | Path | None = None) -> None:
             )
 
 
+def recomputed_verdicts(report: Report, variant) -> list[BudgetVerdict]:
+    """``variant``'s verdicts recomputed from the stored metrics (stored verdicts are not trusted), each with the
+    bootstrap interval stored at write time."""
+    stored = {b.metric: b for b in variant.budget}
+    reference = report.variant(report.reference)
+    return [copy_interval(v, stored.get(v.metric)) for v in evaluate_budgets(reference.metrics, variant.metrics, report.budgets)]
+
+
 def check_report(report: Report, require_all: bool = False, source: str | Path | None = None, confidence: float | None = None) -> tuple[bool, list[str]]:
     """Recompute every budget verdict from the stored metrics (stored verdicts are not trusted).
 
@@ -299,9 +307,7 @@ def check_report(report: Report, require_all: bool = False, source: str | Path |
         return not (require_all and skipped), [f"only the reference variant {reference.name} is in the report: nothing to check", *skipped]
     ok, lines = not (require_all and skipped), list(skipped)
     for variant in others:
-        stored = {b.metric: b for b in variant.budget}
-        for verdict in evaluate_budgets(reference.metrics, variant.metrics, report.budgets):
-            copy_interval(verdict, stored.get(verdict.metric))
+        for verdict in recomputed_verdicts(report, variant):
             passed, more = verdict_lines(verdict, confidence)
             ok = ok and passed
             lines += [f"{variant.name}: {line}" for line in more]

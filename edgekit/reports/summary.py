@@ -34,7 +34,7 @@ def report_summary(report: Report, path: str | Path) -> dict[str, Any]:
 def _cases(report: Report, require_all: bool, confidence: float | None = None) -> list[tuple[str, str, str | None, str | None, str]]:
     """(variant, metric, failure or None, skip reason or None, verdict text) for every budget of every variant,
     recomputed from the stored metrics exactly as ``edgekit check`` does (stored verdicts are not trusted)."""
-    from edgekit.reports.budget import copy_interval, evaluate_budgets, verdict_lines
+    from edgekit.reports.budget import recomputed_verdicts, verdict_lines
 
     reference = report.variant(report.reference)
     cases = []
@@ -45,9 +45,7 @@ def _cases(report: Report, require_all: bool, confidence: float | None = None) -
             reason = f"{v.name}: not built here ({v.not_built_reason or 'no reason recorded'})"
             cases += [(v.name, m, reason if require_all else None, None if require_all else reason, reason) for m in report.budgets]
             continue
-        stored = {b.metric: b for b in v.budget}
-        for verdict in evaluate_budgets(reference.metrics, v.metrics, report.budgets):
-            copy_interval(verdict, stored.get(verdict.metric))
+        for verdict in recomputed_verdicts(report, v):
             passed, lines = verdict_lines(verdict, confidence)
             text = "\n".join(f"{v.name}: {line}" for line in lines)
             cases.append((v.name, verdict.metric, None if passed else text, None, text))

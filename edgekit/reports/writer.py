@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifacts import atomic_path, sha256_file
-from edgekit.reports.budget import copy_interval, evaluate_budgets, resolution_line
+from edgekit.reports.budget import evaluate_budgets, recomputed_verdicts, resolution_line
 from edgekit.reports.plots import most_sensitive, plot_name, report_plots, sensitivity_tables
 from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
 from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
@@ -200,17 +200,10 @@ def generation_lines(report: Report) -> list[str]:
             "Peak memory is measured per target in a fresh process.", ""]
 
 
-def _verdicts(report: Report, v) -> list:
-    """The verdicts recomputed from the metrics, with the intervals stored at write time."""
-    ref = report.variant(report.reference)
-    stored = {b.metric: b for b in v.budget}
-    return [copy_interval(b, stored.get(b.metric)) for b in evaluate_budgets(ref.metrics, v.metrics, report.budgets)]
-
-
 def budget_lines(report: Report) -> list[str]:
     """Each verdict, a table of the bootstrap intervals (schema 1.3) and a line per budget the set cannot resolve."""
     ref = report.variant(report.reference)
-    gated = [(v, _verdicts(report, v)) for v in report.variants if v is not ref and v.status in ("measured", "simulated")]
+    gated = [(v, recomputed_verdicts(report, v)) for v in report.variants if v is not ref and v.status in ("measured", "simulated")]
     checks = [f"- `{v.name}`: {b.message}" for v, verdicts in gated for b in verdicts]
     if not checks:
         return []
