@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.reports.schema import Report, Variant
 
 MIN_LATENCY_TOLERANCE = 0.05
@@ -32,11 +34,7 @@ def fingerprint(report: Report) -> str:
 def _median_se(v: Variant) -> float:
     """Standard error of the median latency (1.2533 sigma / sqrt(n)) from the raw samples; 0 without them."""
     s = v.latency_ms.samples if v.latency_ms else []
-    if len(s) < 2:
-        return 0.0
-    mean = sum(s) / len(s)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in s) / (len(s) - 1))
-    return 1.2533 * sd / math.sqrt(len(s))
+    return 1.2533 * float(np.std(s, ddof=1)) / math.sqrt(len(s)) if len(s) >= 2 else 0.0
 
 
 @dataclass
