@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from html import escape
-from typing import Any
 
 from edgekit.reports.schema import Report, Variant
 
@@ -237,8 +236,3 @@ def render_html(report: Report) -> str:
             f"<title>edgekit report: {escape(name)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(sections) + f"\n<script>{PROBE}</script>\n</body></html>\n")
 
-
-def summary_for(report: Report) -> dict[str, Any]:  # what the browser test expects to find drawn
-    """The ids of the plots ``render_html`` draws for ``report``."""
-    ids = [i for i, svg in (("tradeoff", tradeoff_svg(report)), ("latency", latency_svg(report)), ("class-ap", class_ap_svg(report))) if svg]
-    return {"plots": ids}

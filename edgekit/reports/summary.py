@@ -9,9 +9,6 @@ from xml.etree import ElementTree as ET
 
 from edgekit.reports.schema import Report
 
-EXIT_CODES = {0: "every budget holds", 1: "a budget does not hold (or, with --require-all, a target was not built)",
-              2: "bad input: a missing, edited or invalid report or recipe (one line naming the file and the fix)"}
-
 
 def report_summary(report: Report, path: str | Path) -> dict[str, Any]:
     """What a script needs from a run: per variant its status, metrics, median latency, size and budget verdicts."""
