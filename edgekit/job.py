@@ -113,6 +113,7 @@ class Job:
             raw.unlink()
         self.graph_settings[name] = {"export": {**r.export.model_dump(), "check": check.to_dict()}, "passes": record}
         graph = Graph(name, fp32, spec.kind)
+        graph.input_sizes = {n: [int(d) for d in x.shape] for n, x in zip(spec.input_names, spec.example_inputs) if hasattr(x, "shape")}
         self.graphs[name] = graph
         return graph
 
@@ -137,7 +138,7 @@ class Job:
             raise EdgekitError(f"no calibration samples for the {graph.name} graph", self.recipe_path, "set quantization.calibration.images")
         placements = [ORT_PLACEMENT]
         for target in self.recipe.targets:
-            placement = registry.backend(target.backend).placement() if target.precision == "int8" else None
+            placement = registry.backend(target.backend).placement_for(graph.kind) if target.precision == "int8" else None
             if placement is not None and placement not in placements:
                 placements.append(placement)
         fp32 = load_onnx(graph.fp32)
@@ -168,9 +169,33 @@ class Job:
         calibration = {k: spec_settings[k] for k in ("method", "percentile", "per_channel", "calibration_images", "calibration_key")}
         settings = {**q.model_dump(), **spec_settings, "from_cache": result.calibration.from_cache}
         graph.quantized["int8"] = Quantized(path, "static", settings, calibration)
-        graph.ranges = dict(result.calibration.ranges)
+        graph.ranges, graph.ranges_settings = dict(result.calibration.ranges), calibration
         graph.spec_tensors = frozenset(result.spec.activations)
         graph.int8 = "static"
+
+    def calibrate_for_placements(self, graph: Graph) -> None:
+        """Shared ranges for a graph the family quantized without them (a dynamic-int8 text tower) when an int8
+        target's backend places it from ranges (TensorRT has no dynamic int8): one calibration pass of that placement's
+        tensors on the graph's own calibration samples, never the evaluation set."""
+        from edgekit.quantization.calibration import collect_ranges
+        from edgekit.quantization.ptq import calibration_settings, tensors_for_placements
+
+        q, feeds = self.recipe.quantization, graph.calibration
+        if graph.kind == "cnn" or graph.ranges or graph.int8 == "float" or q is None or feeds is None:
+            return
+        placements = {p.name: p for t in self.recipe.targets if t.precision == "int8" and (p := registry.backend(t.backend).placement_for(graph.kind))}
+        if not placements:
+            return
+        fp32 = load_onnx(graph.fp32)
+        tensors = tensors_for_placements(fp32, list(placements.values()), graph.float_nodes, graph.float_ops)
+        method, percentile = q.method, q.percentile
+        if method == "auto":
+            with self.timer(self._label(graph.name, "tune ranges")):
+                method, percentile = self.choose_ranges(graph, fp32, tensors, next(iter(placements.values())))
+        with self.timer(self._label(graph.name, "calibrate")):
+            calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
+        graph.ranges = dict(calib.ranges)
+        graph.ranges_settings = calibration_settings(method, percentile, q.per_channel, calib.images, calib.key)
 
     def bias_correct(self, graph: Graph, fp32, result) -> None:
         """``quantization.bias_correction``: ORT's Q/DQ model placed again from the bias-corrected FP32 graph
@@ -583,6 +608,7 @@ class Job:
         if any(t.quantized for t in self.recipe.targets):
             for graph in self.graphs.values():
                 self.family.quantize(graph)
+                self.calibrate_for_placements(graph)
         builds = self.build()
         variants, reference, ref_target = self.measure(builds)
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})

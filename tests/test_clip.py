@@ -192,14 +192,15 @@ def _clip_recipe(tmp_path: Path, targets: list[str], **clip_overrides) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_run(tmp_path_factory):
-    """The CLIP job end to end through the CLI on ORT and OpenVINO, FP32 and INT8."""
+    """The CLIP job end to end through the CLI on ORT and OpenVINO, FP32 and INT8, and TensorRT (simulated where it
+    cannot run)."""
     from typer.testing import CliRunner
 
     from edgekit.cli import app
 
     pytest.importorskip("openvino")
     tmp = tmp_path_factory.mktemp("clip-run")
-    recipe = _clip_recipe(tmp, ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"])
+    recipe = _clip_recipe(tmp, ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8", "tensorrt:fp16", "tensorrt:int8"])
     result = CliRunner().invoke(app, ["export", str(recipe), "--out", str(tmp / "run")])
     assert result.exit_code == 0, result.output
     return tmp / "run"
@@ -209,8 +210,8 @@ def test_clip_run_report(clip_run) -> None:
     from edgekit.reports import load_report
 
     report = load_report(clip_run / "report.json")
-    assert [v.name for v in report.variants] == ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"]
-    for v in report.variants:
+    assert [v.name for v in report.variants][:4] == ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"]
+    for v in report.variants[:4]:
         assert v.status == "measured" and set(v.components) == {"vision", "text"}
         for name, c in v.components.items():
             assert c.latency_ms.median > 0 and c.size_bytes > 0 and (clip_run / c.model_path).is_file(), (v.name, name)
@@ -231,6 +232,60 @@ def test_clip_run_report(clip_run) -> None:
     assert ranges["chosen"] == best["candidate"] and 0.9 < best["score"] <= 1.0
     assert ort_int8.components["vision"].settings["quantization"]["method"] == ranges["chosen"].partition(":")[0]
     assert "### Range method of `vision`" in md
+
+
+def test_clip_tensorrt_towers(clip_run) -> None:
+    """Both towers get TensorRT's transformer placement (weight MatMuls only, symmetric int8, per-channel weights,
+    float biases, residual Adds and LayerNorm float), lint clean, a build config whose profile covers the text
+    tower's sequence axis, and accuracy simulated on the CPU, gated like any target."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt
+    from edgekit.quantization.graph import GraphIndex
+    from edgekit.reports import load_report
+
+    if _has_tensorrt():
+        pytest.skip("TensorRT is installed here: the engines are built and measured instead of simulated")
+    report = load_report(clip_run / "report.json")
+    variants = {v.name: v for v in report.variants}
+    for name in ("tensorrt:fp16", "tensorrt:int8"):
+        v = variants[name]
+        assert v.status == "simulated" and "latency not measured" in v.simulated_how and set(v.components) == {"vision", "text"}
+        assert v.budget and all(b.passed for b in v.budget), v.budget  # the cosines are gated by the recipe's budgets
+        assert v.metrics["image_embedding_cosine"] > 0.99 and v.metrics["text_embedding_cosine"] > 0.99, v.metrics
+    assert variants["tensorrt:fp16"].metrics["text_embedding_cosine"] > variants["tensorrt:int8"].metrics["text_embedding_cosine"]
+    for tower in ("vision", "text"):
+        assert variants["tensorrt:int8"].components[tower].precision == "int8"  # the dynamic-int8 text tower got static ranges
+        model = onnx.load(clip_run / "tensorrt" / f"{tower}_int8_qdq.onnx")
+        assert lint_qdq_for_tensorrt(model) == []
+        index = GraphIndex(model)
+        dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        consumers = {c.op_type for n in dq for c in index.consumers.get(n.output[0], [])}
+        assert consumers - {"Shape"} == {"MatMul"}, consumers  # no Q/DQ reaches an Add, LayerNorm, Softmax or GELU (Shape reads dims only)
+        for n in model.graph.node:
+            if n.op_type == "QuantizeLinear":
+                assert numpy_helper.to_array(index.initializers[n.input[2]]).dtype == np.int8
+                assert not numpy_helper.to_array(index.initializers[n.input[2]]).any()  # zero-point 0
+        spec = json.loads((clip_run / "tensorrt" / f"{tower}_quant_spec_tensorrt.json").read_text())
+        assert spec["settings"]["placement"] == "tensorrt-transformer" and spec["settings"]["bias"] == "float"
+        plan = json.loads((clip_run / "tensorrt" / f"{tower}_build_int8.json").read_text())
+        assert plan["lint"]["passed"] and "--stronglyTyped" in plan["trtexec"]
+        if tower == "text":
+            assert plan["config"]["dims"]["sequence"] == {"min": 1, "opt": 77, "max": 77}  # any length up to the context
+            assert "--maxShapes=input_ids:1x77,attention_mask:1x77" in plan["trtexec"]
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    result = CliRunner().invoke(app, ["check", str(clip_run / "report.json")])
+    assert result.exit_code == 0 and "tensorrt:int8" in result.output, result.output
+
+
+def _has_tensorrt() -> bool:
+    from edgekit.backends.tensorrt.builder import tensorrt_available
+
+    return tensorrt_available() is not None
 
 
 def test_clip_run_label_embeddings(clip_run) -> None:

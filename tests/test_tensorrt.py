@@ -301,8 +301,19 @@ def test_trtexec_dynamic_batch(tmp_path):
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert trtexec_command(path, "m.engine", config)[-3:] == expected_shapes
-    with pytest.raises(EdgekitError, match="only the batch axis may be dynamic"):
+    with pytest.raises(EdgekitError, match=r"axis 2 \(h\) is dynamic and has no range"):
         trtexec_command("m.onnx", "m.engine", config, input_shapes={"images": ["batch", 3, "h", "w"]})
+
+
+def test_trtexec_named_dynamic_axes():
+    """A text tower's sequence axis gets its own range (1 up to the exported context) beside the batch's."""
+    config = {"precision": "int8", "dynamic_batch": {"min": 1, "opt": 2, "max": 4}, "dims": {"sequence": {"min": 1, "opt": 77, "max": 77}}}
+    cmd = trtexec_command("t.onnx", "t.engine", config, input_shapes={"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]})
+    assert cmd[-3:] == ["--minShapes=input_ids:1x1,attention_mask:1x1", "--optShapes=input_ids:2x77,attention_mask:2x77",
+                        "--maxShapes=input_ids:4x77,attention_mask:4x77"]
+    fixed_batch = trtexec_command("t.onnx", "t.engine", {"precision": "fp16", "dims": {"sequence": {"min": 1, "opt": 77, "max": 77}}},
+                                  input_shapes={"input_ids": [1, "sequence"]})
+    assert fixed_batch[-3:] == ["--minShapes=input_ids:1x1", "--optShapes=input_ids:1x77", "--maxShapes=input_ids:1x77"]
 
 
 def test_trtexec_dla():

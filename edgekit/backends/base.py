@@ -93,6 +93,9 @@ class Graph:
     searched_float_nodes: dict[str, list[str]] = field(default_factory=dict)  # backend -> ONNX nodes its own search left float (LiteRT)
     calibration: LazyFeeds | None = None  # the graph's calibration feeds (ONNX layout)
     ranges: dict[str, Any] = field(default_factory=dict)  # tensor -> shared calibrated Range (every placement's tensors)
+    ranges_settings: dict[str, Any] = field(default_factory=dict)  # how ``ranges`` were calibrated (``calibration_settings``)
+    ranges_model: Path | None = None  # the FP32 model ``ranges`` describe when not ``fp32`` (SmoothQuant rewrote its weights)
+    input_sizes: dict[str, list[int]] = field(default_factory=dict)  # input -> exported example shape (profile sizes of dynamic axes)
     spec_tensors: frozenset[str] = frozenset()  # the tensors the shared (ORT) spec quantizes
     torch: TorchSource | None = None
     accuracy: AccuracyCheck | None = None
@@ -171,6 +174,12 @@ class Backend(abc.ABC):
     def placement(self) -> Placement | None:
         """The Q/DQ placement int8 targets need from the shared ranges (None: the backend quantizes its own way)."""
         return None
+
+    def placement_for(self, kind: str) -> Placement | None:
+        """The placement int8 targets need for a graph of ``kind``: :meth:`placement` for CNNs; None (default) for
+        transformer graphs, which the family quantizes itself. A backend that places transformer graphs from shared
+        ranges (TensorRT) overrides this, and the job then calibrates those graphs' ranges for it."""
+        return self.placement() if kind == "cnn" else None
 
     def available(self) -> str | None:
         """None when targets can be built here, else the reason they are reported as not built."""

@@ -226,8 +226,10 @@ class Clip(Family):
                     with job.timer(f"tune ranges {graph.name}"):
                         return job.choose_ranges(graph, model, tensors, placement)
 
-                settings = static_transformer_int8(graph.fp32, path, feeds.items, feeds.transform, q, job.run.threads, c.smooth_quant,
-                                                   {"tower": graph.name}, choose)
+                result = static_transformer_int8(graph.fp32, path, feeds.items, feeds.transform, q, job.run.threads, c.smooth_quant,
+                                                 {"tower": graph.name}, choose)
+                settings = result.settings
+                graph.ranges, graph.ranges_settings, graph.ranges_model = result.ranges, result.calibration, result.source
             else:
                 settings = quantize_dynamic_matmul(graph.fp32, path, keep_float=q.keep_float.nodes, per_channel=q.per_channel)
         if graph.name == "text" and c.embedding_int8:

@@ -78,7 +78,7 @@ def _image_files(folder: Path, count: int) -> list[Path]:
 class Vlm(Family):
     name = "vlm"
     config = VlmSpec
-    backends = ("onnxruntime",)
+    backends = ("onnxruntime", "tensorrt")
     forms = ("int8", "int4", "dynamic")
     metrics = ("token_agreement", "logit_cosine", "logit_kl", "exact_match", "prefix_agreement", "bleu4", "cider")
     main_graph = "decoder"
@@ -242,7 +242,9 @@ class Vlm(Family):
 
             with job.timer("quantize vision"):
                 feeds = graph.calibration
-                settings = static_transformer_int8(graph.fp32, out, feeds.items, feeds.transform, r.quantization, job.run.threads, None, {"graph": "vision"})
+                result = static_transformer_int8(graph.fp32, out, feeds.items, feeds.transform, r.quantization, job.run.threads, None, {"graph": "vision"})
+                settings = result.settings
+                graph.ranges, graph.ranges_settings = result.ranges, result.calibration
             graph.quantized = {p: Quantized(out, "int8", settings) for p in precisions}
         elif graph.name == "embed":
             if v.embedding != "int8":
@@ -253,7 +255,7 @@ class Vlm(Family):
             graph.quantized = {p: Quantized(out, "int8", settings) for p in precisions}
         else:
             head = output_matmuls(load_onnx(graph.fp32), "logits")
-            for mode in precisions:
+            for mode in dict.fromkeys(t.precision for t in r.targets if t.quantized and t.backend == "onnxruntime"):  # TensorRT runs the decoder fp16
                 path = job.stage / f"decoder_{mode}.onnx"
                 with job.timer(f"quantize decoder {mode}"):
                     if mode == "dynamic":

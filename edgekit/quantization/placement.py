@@ -60,6 +60,16 @@ TENSORRT_PLACEMENT = Placement(
 # QLinearMatMul / MatMulIntegerToFloat; attention's activation x activation MatMuls, Softmax, LayerNorm, GELU and
 # the patch-embedding Conv stay float.
 TRANSFORMER_PLACEMENT = Placement(name="transformer", ops=frozenset({"MatMul", "Gemm"}), weighted_only=frozenset({"MatMul", "Gemm"}))
+# TensorRT on transformer towers: the Linear layers only (weight MatMuls/Gemms), symmetric int8 activations, float
+# biases. Residual Adds, LayerNorm, Softmax, GELU and attention's activation x activation MatMuls stay float: Q/DQ
+# on ViT residual Adds is what collapsed accuracy under Model Optimizer's default placement on Orin.
+TENSORRT_TRANSFORMER_PLACEMENT = Placement(name="tensorrt-transformer", ops=frozenset({"MatMul", "Gemm"}), activation_dtype="int8",
+                                           float_bias=True, weighted_only=frozenset({"MatMul", "Gemm"}))
+
+
+def tensorrt_placement(kind: str) -> Placement | None:
+    """TensorRT's placement for a graph kind (``cnn``, ``transformer``); None for decoders (not TensorRT graphs here)."""
+    return {"cnn": TENSORRT_PLACEMENT, "transformer": TENSORRT_TRANSFORMER_PLACEMENT}.get(kind)
 
 
 def matches(name: str, patterns: list[str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,21 @@ from edgekit.onnx_io import load_onnx, save_onnx
 from edgekit.recipe import QuantizationSpec
 
 
+@dataclass
+class TransformerInt8:
+    """What a static transformer int8 pass leaves for other placements: its settings and calibrated ranges, and the
+    FP32 model those ranges describe (``source``: SmoothQuant's rewritten model, written beside the int8 graph; else None)."""
+
+    settings: dict[str, Any]
+    ranges: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # ``calibration_settings`` of the ranges
+    source: Path | None = None
+
+
 def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Callable[[Any], dict], q: QuantizationSpec, threads: int,
                             smooth_quant: float | None = None, meta: dict[str, str] | None = None,
-                            choose: Callable[[Any, list[str], Any], tuple[str, float]] | None = None) -> dict[str, Any]:
-    """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns the settings.
+                            choose: Callable[[Any, list[str], Any], tuple[str, float]] | None = None) -> TransformerInt8:
+    """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns its settings and ranges.
 
     ``choose(model, tensors, placement) -> (method, percentile)`` resolves ``method: auto`` on the model actually
     quantized (after SmoothQuant), e.g. ``Job.choose_ranges`` scoring candidates on the tuning samples."""
@@ -50,4 +62,9 @@ def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Ca
         settings["smooth_quant"] = smooth
     save_onnx(result.model, out, {"edgekit_version": edgekit.__version__, "precision": "int8", **(meta or {}), "quantization": json.dumps(settings, sort_keys=True)})
     write_json_atomic(out.with_name(out.stem.removesuffix("_int8") + "_quant_spec.json"), result.spec.to_dict())
-    return settings
+    source = None
+    if smooth is not None:  # other placements (TensorRT) place these ranges on the smoothed weights they describe
+        source = out.with_name(out.stem.removesuffix("_int8") + "_fp32_smoothed.onnx")
+        save_onnx(model, source, {"edgekit_version": edgekit.__version__, "precision": "fp32", "smooth_quant": json.dumps(smooth, sort_keys=True)})
+    calibration = {k: result.spec.settings[k] for k in ("method", "percentile", "per_channel", "calibration_images", "calibration_key")}
+    return TransformerInt8(settings, dict(result.calibration.ranges), calibration, source)

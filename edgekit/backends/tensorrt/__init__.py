@@ -58,6 +58,12 @@ class TensorRTBackend(Backend):
 
         return TENSORRT_PLACEMENT
 
+    def placement_for(self, kind: str):
+        """CNNs: ``TENSORRT_PLACEMENT``; transformer towers: ``TENSORRT_TRANSFORMER_PLACEMENT`` (Linear layers only)."""
+        from edgekit.quantization.placement import tensorrt_placement
+
+        return tensorrt_placement(kind)
+
     def build(self, graph: Graph, target: Target, run: Run) -> Built:
         """Writes the ONNX, config and trtexec command everywhere; the engine only where TensorRT exists (else the
         target is reported as not built, with the command to build it on the device)."""

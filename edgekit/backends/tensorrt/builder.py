@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgekit.artifacts import sha256_file, write_json_atomic
 from edgekit.backends.base import Built, Graph, Run, file_name
@@ -33,14 +35,27 @@ from edgekit.recipe import Recipe
 from edgekit.targets import Target
 
 
-def build_config(recipe: Recipe, precision: str) -> TensorRTBuildConfig:
-    """The engine build settings a recipe asks for."""
+def profile_dims(onnx_path: Path, input_sizes: dict[str, list[int]]) -> dict[str, DynamicBatch]:
+    """Ranges of the named dynamic axes (a text tower's ``sequence``; a batch axis ``export.dynamic_batch`` does not
+    set): 1 up to the size the graph was exported at (the full context length a device runs), optimised for it."""
+    dims: dict[str, DynamicBatch] = {}
+    for name, shape in onnx_input_shapes(onnx_path).items():
+        example = input_sizes.get(name, [])
+        for axis, d in enumerate(shape):
+            if isinstance(d, str) and axis < len(example) and example[axis] > 0 and d not in dims:
+                dims[d] = DynamicBatch(min=1, opt=example[axis], max=example[axis])
+    return dims
+
+
+def build_config(recipe: Recipe, precision: str, dims: dict[str, DynamicBatch] | None = None) -> TensorRTBuildConfig:
+    """The engine build settings a recipe asks for (``dims``: ranges of named dynamic axes, see :func:`profile_dims`)."""
     t = recipe.tensorrt
     batch = DynamicBatch(min=1, opt=min(recipe.model.batch, t.max_batch), max=t.max_batch) if recipe.export.dynamic_batch else None
     return TensorRTBuildConfig(
         precision=precision,
         workspace_mb=t.workspace_mb,
         dynamic_batch=batch,
+        dims=dims or {},
         timing_cache=Path(t.timing_cache) if t.timing_cache else None,
         dla_core=t.dla_core,
         gpu_fallback=t.dla_core is not None,
@@ -57,37 +72,74 @@ def tensorrt_available() -> str | None:
         return "trtexec" if shutil.which("trtexec") else None
 
 
-def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, list[str]]:
-    """Write the TensorRT-placed Q/DQ ONNX from the run's shared ranges and return it with its lint issues."""
+def _own(graph: Graph, name: str) -> str:
+    """``name`` for a single-graph family, ``<graph>_<name>`` for a tower (files without ``model`` in their name)."""
+    return name if graph.single else f"{graph.name}_{name}"
+
+
+def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, Path, list[str]]:
+    """Write the TensorRT-placed Q/DQ ONNX (CNN or transformer placement, by graph kind) from the run's shared ranges;
+    returns it, its spec file and its lint issues."""
     from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt
-    from edgekit.quantization.placement import TENSORRT_PLACEMENT
+    from edgekit.quantization.placement import tensorrt_placement
     from edgekit.quantization.ptq import place
 
     float_nodes = list(graph.float_nodes)
     if "tensorrt" in graph.searched_float_nodes:  # its own search's choice replaces ONNX Runtime's
         ort = set(graph.searched_float_nodes.get("onnxruntime", []))
         float_nodes = [n for n in float_nodes if n not in ort] + graph.searched_float_nodes["tensorrt"]
-    model, spec = place(load_onnx(graph.fp32), TENSORRT_PLACEMENT, graph.ranges, float_nodes, graph.float_ops, calibration)
-    save_onnx(model, out, {"precision": "int8", "placement": "tensorrt"})
-    write_json_atomic(out.with_name("quant_spec_tensorrt.json"), spec.to_dict())
-    return out, [str(i) for i in lint_qdq_for_tensorrt(model)]
+    placement = tensorrt_placement(graph.kind)
+    source = load_onnx(graph.ranges_model or graph.fp32)
+    model, spec = place(source, placement, graph.ranges, float_nodes, graph.float_ops, calibration)
+    save_onnx(model, out, {"precision": "int8", "placement": placement.name})
+    spec_path = out.with_name(_own(graph, "quant_spec_tensorrt.json"))
+    write_json_atomic(spec_path, spec.to_dict())
+    return out, spec_path, [str(i) for i in lint_qdq_for_tensorrt(model)]
+
+
+def graph_precision(graph: Graph, target: Target) -> tuple[str, str | None]:
+    """What ``graph`` runs in within ``target``, and why when that is not the target's precision: an int8 target runs
+    a tower fp16 where TensorRT's placement cannot quantize it from static ranges (kept float by the recipe, no
+    calibration samples, no Linear layer), and a decoder fp16 (int8 LLM decoders are TensorRT-LLM's)."""
+    if target.precision != "int8" or graph.kind == "cnn":
+        return target.precision, None
+    if graph.kind == "decoder":
+        return "fp16", "edgekit places int8 on vision and text towers only; TensorRT-LLM builds int8 decoders"
+    if graph.int8 == "float":
+        return "fp16", "kept float by the recipe"
+    if not graph.ranges:
+        why = "no calibration samples" if graph.calibration is None else "no static calibration ranges (TensorRT has no dynamic int8)"
+        return "fp16", why
+    return "int8", None
+
+
+def simulation(graph: Graph, precision: str, onnx_path: Path, folder: Path, threads: int) -> tuple[Callable[[], Any] | None, str | None, Path | None]:
+    """(runner factory, how, file) measuring this graph's TensorRT accuracy on the CPU (edgekit.backends.tensorrt.simulate):
+    the Q/DQ graph as written for int8, fp16 storage emulated for fp16; nothing for fp32."""
+    from edgekit.backends.tensorrt.simulate import FP16_HOW, INT8_HOW, simulated_runner, write_fp16_emulation
+
+    if precision == "int8":
+        return (lambda: simulated_runner(onnx_path, threads)), INT8_HOW, onnx_path
+    if precision == "fp16":
+        sim = write_fp16_emulation(graph.fp32, folder / file_name(graph, "model_fp16_simulated.onnx"))
+        return (lambda: simulated_runner(sim, threads)), FP16_HOW, sim
+    return None, None, None
 
 
 def build(graph: Graph, target: Target, run: Run) -> Built:
     from edgekit.backends.tensorrt.runner import TensorRTRunner
 
-    if graph.kind != "cnn":
-        return Built(None, target.precision, not_built=f"TensorRT engines for {graph.kind} graphs are not built by edgekit yet")
     folder = run.folder("tensorrt")
-    precision = target.precision
+    precision, why = graph_precision(graph, target)
+    notes = [f"{graph.name} graph runs {precision} in {target.name}: {why}"] if why else []
     settings: dict = {}
     files: list[Path] = []
     if precision == "int8":
-        form = graph.quantized.get("int8")
-        if not graph.ranges or form is None:
+        if not graph.ranges:
             return Built(None, precision, not_built=f"no shared calibration ranges for the {graph.name} graph")
-        onnx_path, issues = quantized_onnx(graph, folder / file_name(graph, "model_int8_qdq.onnx"), form.calibration)
-        files += [onnx_path, folder / "quant_spec_tensorrt.json"]
+        calibration = graph.ranges_settings or graph.quantized["int8"].calibration
+        onnx_path, spec_path, issues = quantized_onnx(graph, folder / file_name(graph, "model_int8_qdq.onnx"), calibration)
+        files += [onnx_path, spec_path]
         settings["lint"] = {"issues": issues, "passed": not issues}
         if issues:
             raise EdgekitError(f"the TensorRT Q/DQ model breaks {len(issues)} explicit-quantization rule(s), first: {issues[0]}", onnx_path, "report this: edgekit's TensorRT placement should always lint clean")
@@ -96,33 +148,39 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
         if not onnx_path.is_file():
             shutil.copyfile(graph.fp32, onnx_path)
         files.append(onnx_path)
-    config = build_config(run.recipe, precision)
-    engine = folder / file_name(graph, f"model_{precision}.engine")
+    if graph.kind == "decoder":
+        reason = "TensorRT-LLM builds LLM decoders (KV-cache kernels, a profile per context length): edgekit writes no engine plan for them"
+    else:
+        reason = plan_engine(graph, target, run, precision, onnx_path, settings, files)
+        if reason is None:
+            engine = folder / file_name(graph, f"model_{target.precision}.engine")
+            build_engine(onnx_path, engine, TensorRTBuildConfig.parse(settings["config"]))
+            files += [engine, manifest_path(engine)]
+            settings["builder"] = tensorrt_available()
+            return Built(engine, precision, lambda: TensorRTRunner(engine), files, settings, notes=notes)
+        reason += "; build it on the device from the output folder with the trtexec command below"
+    simulate, how, sim = simulation(graph, precision, onnx_path, folder, run.recipe.benchmark.threads)  # accuracy without the engine
+    if sim is not None:
+        files += [sim] if sim != onnx_path else []
+        settings["simulated_with"] = str(Path("tensorrt") / sim.name)
+    return Built(onnx_path, precision, None, files, settings, not_built=reason, notes=notes, simulate=simulate, simulated_how=how)
+
+
+def plan_engine(graph: Graph, target: Target, run: Run, precision: str, onnx_path: Path, settings: dict, files: list[Path]) -> str | None:
+    """Write ``<graph>_build_<target precision>.json`` (config, trtexec command, ONNX digest) into ``settings`` and
+    ``files``; returns why the engine cannot be built here, or None when it can."""
+    folder = onnx_path.parent
+    config = build_config(run.recipe, precision, profile_dims(onnx_path, graph.input_sizes))
+    engine = folder / file_name(graph, f"model_{target.precision}.engine")  # named by the target: a tower may run fp16 in int8
     rel_onnx, rel_engine = Path("tensorrt") / onnx_path.name, Path("tensorrt") / engine.name  # run from the output folder
     command = trtexec_command(rel_onnx, rel_engine, config, onnx_input_shapes(onnx_path))
     settings.update(config=config.model_dump(mode="json"), trtexec=shlex.join(command), onnx_sha256=sha256_file(onnx_path))
-    plan = folder / file_name(graph, f"build_{precision}.json")
+    plan = folder / _own(graph, f"build_{target.precision}.json")
     write_json_atomic(plan, {"target": target.name, "onnx": str(rel_onnx), "engine": str(rel_engine), **settings})
     files.append(plan)
-    how = tensorrt_available()
-    reason = "tensorrt.build is 'never'" if run.recipe.tensorrt.build == "never" else None if how else TENSORRT_MISSING
-    if reason:
-        simulate, how = None, None
-        if precision in ("int8", "fp16"):  # accuracy without the engine (edgekit.backends.tensorrt.simulate)
-            from edgekit.backends.tensorrt.simulate import FP16_HOW, INT8_HOW, simulated_runner, write_fp16_emulation
-
-            sim = onnx_path if precision == "int8" else write_fp16_emulation(graph.fp32, folder / file_name(graph, "model_fp16_simulated.onnx"))
-            if sim != onnx_path:
-                files.append(sim)
-            threads = run.recipe.benchmark.threads
-            simulate, how = (lambda path=sim: simulated_runner(path, threads)), INT8_HOW if precision == "int8" else FP16_HOW
-            settings["simulated_with"] = str(Path("tensorrt") / sim.name)
-        return Built(onnx_path, precision, None, files, settings, not_built=f"{reason}; build it on the device from the output folder with the trtexec command below",
-                     simulate=simulate, simulated_how=how)
-    build_engine(onnx_path, engine, config)
-    files += [engine, manifest_path(engine)]
-    settings["builder"] = how
-    return Built(engine, precision, lambda: TensorRTRunner(engine), files, settings)
+    if run.recipe.tensorrt.build == "never":
+        return "tensorrt.build is 'never'"
+    return None if tensorrt_available() else TENSORRT_MISSING
 
 
 def build_from_run(run_dir: str | Path, precision: str | None = None) -> list[Path]:
@@ -134,9 +192,9 @@ def build_from_run(run_dir: str | Path, precision: str | None = None) -> list[Pa
     import json
 
     run_dir = Path(run_dir)
-    plans = sorted((run_dir / "tensorrt").glob("build_*.json"))
+    plans = sorted((run_dir / "tensorrt").glob("*build_*.json"))  # build_<precision>.json, or <tower>_build_<precision>.json
     if precision:
-        plans = [p for p in plans if p.stem == f"build_{precision}"]
+        plans = [p for p in plans if p.stem == f"build_{precision}" or p.stem.endswith(f"_build_{precision}")]
     if not plans:
         raise EdgekitError(
             "no TensorRT build settings in this run folder" + (f" for precision {precision}" if precision else ""),

@@ -50,7 +50,7 @@ def import_tensorrt():
 
 
 class DynamicBatch(BaseModel):
-    """Batch range of the optimization profile (every other input dimension stays as exported)."""
+    """A (min, opt, max) range of one dynamic axis in the optimization profile: the batch, or a named axis (``dims``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +74,7 @@ class TensorRTBuildConfig(BaseModel):
     strongly_typed: bool | None = None  # None: True for int8 (Q/DQ), False otherwise
     workspace_mb: int = Field(1024, ge=1)
     dynamic_batch: DynamicBatch | None = None
+    dims: dict[str, DynamicBatch] = Field(default_factory=dict)  # other dynamic axes by ONNX dim name (a text tower's "sequence")
     timing_cache: Path | None = None
     dla_core: int | None = Field(None, ge=0)
     gpu_fallback: bool = False
@@ -91,6 +92,10 @@ class TensorRTBuildConfig(BaseModel):
         if self.dla_core is not None and self.precision == "fp32":
             raise ValueError("DLA runs fp16 or int8 only: use precision fp16 or int8 with dla_core")
         return self
+
+    @property
+    def needs_profile(self) -> bool:
+        return self.dynamic_batch is not None or bool(self.dims)
 
     @property
     def is_strongly_typed(self) -> bool:
@@ -127,17 +132,24 @@ def onnx_input_shapes(onnx_path: str | Path) -> dict[str, list[int | str]]:
     return shapes
 
 
-def profile_shapes(input_shapes: dict[str, list[int | str]], batch: DynamicBatch) -> dict[str, tuple[list[int], list[int], list[int]]]:
-    """(min, opt, max) shape of every input: the batch range on axis 0, the exported size elsewhere."""
+def profile_shapes(input_shapes: dict[str, list[int | str]], batch: DynamicBatch | None,
+                   dims: dict[str, DynamicBatch] | None = None) -> dict[str, tuple[list[int], list[int], list[int]]]:
+    """(min, opt, max) shape of every input: the batch range on axis 0, a named axis's range from ``dims``, the
+    exported size elsewhere."""
+    dims = dims or {}
     out = {}
-    for name, dims in input_shapes.items():
-        rest = list(dims[1:])
-        if not dims or any(not isinstance(d, int) or d <= 0 for d in rest):
-            raise EdgekitError(
-                f"input {name!r} has shape {dims}: only the batch axis may be dynamic for a TensorRT profile",
-                fix="export with a fixed input size (model.input_size) and export.dynamic_batch: true",
-            )
-        out[name] = ([batch.min, *rest], [batch.opt, *rest], [batch.max, *rest])
+    for name, shape in input_shapes.items():
+        lo, opt, hi = [], [], []
+        for axis, d in enumerate(shape):
+            rng = batch if axis == 0 and batch is not None else dims.get(d) if isinstance(d, str) else None  # the batch range wins
+            if rng is None and not (isinstance(d, int) and d > 0):
+                raise EdgekitError(
+                    f"input {name!r} has shape {shape}: axis {axis} ({d}) is dynamic and has no range for a TensorRT profile",
+                    fix="export with a fixed input size (model.input_size) and export.dynamic_batch: true",
+                )
+            for part, value in zip((lo, opt, hi), (rng.min, rng.opt, rng.max) if rng is not None else (d, d, d)):
+                part.append(int(value))
+        out[name] = (lo, opt, hi)
     return out
 
 
@@ -163,8 +175,8 @@ def trtexec_command(
     elif config.precision == "fp16":
         cmd.append("--fp16")
     cmd.append(f"--memPoolSize=workspace:{config.workspace_mb}M")
-    if config.dynamic_batch is not None:
-        shapes = profile_shapes(input_shapes if input_shapes is not None else onnx_input_shapes(onnx_path), config.dynamic_batch)
+    if config.needs_profile:
+        shapes = profile_shapes(input_shapes if input_shapes is not None else onnx_input_shapes(onnx_path), config.dynamic_batch, config.dims)
         cmd += [f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}", f"--maxShapes={_shape_arg(shapes, 2)}"]
     if config.timing_cache is not None:
         cmd.append(f"--timingCacheFile={config.timing_cache}")
@@ -385,9 +397,9 @@ def _build_with_python_api(trt, onnx_path: Path, config: TensorRTBuildConfig, in
             build_config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if config.builder_optimization_level is not None:
         build_config.builder_optimization_level = config.builder_optimization_level
-    if config.dynamic_batch is not None:
+    if config.needs_profile:
         profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile_shapes(input_shapes, config.dynamic_batch).items():
+        for name, (lo, opt, hi) in profile_shapes(input_shapes, config.dynamic_batch, config.dims).items():
             profile.set_shape(name, lo, opt, hi)
         build_config.add_optimization_profile(profile)
     cache = None
@@ -418,7 +430,7 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise EdgekitError("ONNX model not found", onnx_path, "check the path or run `edgekit export` first")
-    if config.dynamic_batch is not None and input_shapes is None:
+    if config.needs_profile and input_shapes is None:
         input_shapes = onnx_input_shapes(onnx_path)
     command = trtexec_command(onnx_path, engine_path, config, input_shapes)
     try:
