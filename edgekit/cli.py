@@ -71,6 +71,11 @@ def export(
     console.print(f"report: {out / 'report.json'}  {out / 'report.md'}")
 
 
+def _metric_cells(variant, metrics: list[str]) -> list[str]:
+    """One cell per metric; "-" where the variant has none (a simulated decoder has no latency-derived metrics)."""
+    return [f"{variant.metrics[m]:.4f}" if m in variant.metrics else "-" for m in metrics]
+
+
 def _print_variants(report) -> None:
     table = Table(title=f"edgekit: {report.recipe['name']}")
     metrics = list(report.budgets) or sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
@@ -85,14 +90,14 @@ def _print_variants(report) -> None:
             table.add_row(v.name, *["-"] * len(metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", "not built")
             continue
         if v.status == "simulated":  # accuracy from the engine's graph run on the CPU; no engine, no latency
-            table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], "-", "-", f"{v.size_bytes / 1e6:.2f}", f"{verdict} (simulated)")
+            table.add_row(v.name, *_metric_cells(v, metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", f"{verdict} (simulated)")
             continue
         if any(c.latency_ms for c in v.components.values()):  # per graph: "vision 24.5 / text 4.8"
             medians = " / ".join(f"{n} {c.latency_ms.median:.2f}" for n, c in v.components.items() if c.latency_ms)
             p90s = " / ".join(f"{n} {c.latency_ms.p90:.2f}" for n, c in v.components.items() if c.latency_ms)
         else:
             medians, p90s = (f"{lat.median:.2f}", f"{lat.p90:.2f}") if lat else ("-", "-")
-        table.add_row(v.name, *[f"{v.metrics.get(m, float('nan')):.4f}" for m in metrics], medians, p90s, f"{v.size_bytes / 1e6:.2f}", verdict)
+        table.add_row(v.name, *_metric_cells(v, metrics), medians, p90s, f"{v.size_bytes / 1e6:.2f}", verdict)
     console.print(table)
 
 

@@ -84,7 +84,7 @@ def test_generate_errors_are_one_line(smolvlm_run, tmp_path) -> None:
 
 def test_llava_recipe_runs_end_to_end(tmp_path) -> None:
     data = yaml.safe_load((REPO / "recipes" / "llava.yaml").read_text())
-    data["targets"] = ["onnxruntime:fp32", "onnxruntime:int4"]
+    data["targets"] = ["onnxruntime:fp32", "onnxruntime:int4", "tensorrt:int8"]
     data["vlm"].update(max_images=2, speed_rounds=1)
     # the decoder's weight-only int4 with MatMul groups float until at most 45% of the teacher-forced tokens of the
     # tuning prompts (calibration images, never the prompt set) differ from FP32's (random weights: int4 flips ~60%)
@@ -109,6 +109,14 @@ def test_llava_recipe_runs_end_to_end(tmp_path) -> None:
     assert "(sensitivity_decoder_onnxruntime-int4.svg)" in md and (out / "sensitivity_decoder_onnxruntime-int4.svg").is_file()
     text = edgekit("generate", out, "--prompt", "Say something.", "--max-new-tokens", "5")
     assert text.returncode == 0 and text.stdout.strip()
+    # tensorrt:int8 without TensorRT: the vision tower's Linear-only Q/DQ graph and the fp16 decoder, run on the CPU
+    trt = next(v for v in report["variants"] if v["name"] == "tensorrt:int8")
+    assert trt["status"] == "simulated" and "latency not measured" in trt["simulated_how"], trt["status"]
+    assert trt["components"]["vision"]["precision"] == "int8" and trt["components"]["decoder"]["precision"] == "fp16"
+    assert any("TensorRT-LLM" in n for n in trt["notes"]), trt["notes"]
+    assert trt["budget"] and all(b["passed"] for b in trt["budget"]) and trt["metrics"]["token_agreement"] > 0.9, trt["metrics"]
+    assert (out / "tensorrt" / "vision_build_int8.json").is_file() and not list((out / "tensorrt").glob("decoder_build_*.json"))
+    assert edgekit("check", out / "report.json").returncode == 0
 
 
 def test_bad_model_folder_is_a_user_error(tmp_path) -> None:
