@@ -397,6 +397,18 @@ def main() -> None:
             "modelopt": modelopt_runs.get(v.name),
             "notes": v.notes,
         })
+    # edgekit's Q/DQ graph against each ModelOpt graph, paired on the same images: ModelOpt's mAP minus edgekit's
+    from edgekit.evaluators.bootstrap import paired_interval
+
+    ours = job.eval_samples.get("tensorrt:int8", {})
+    edge = next(o for o in rows if o["model"] == "tensorrt:int8")
+    for r in rows:
+        theirs = job.eval_samples.get(r["model"], {}) if r["quantizer"] == "modelopt" else {}
+        r["modelopt_minus_edgekit_pt"] = {}
+        for m in ("mAP50-95", "mAP50"):
+            if m in theirs and m in ours:
+                iv = paired_interval(ours[m], theirs[m], "absolute")  # drop of ModelOpt from edgekit, in mAP
+                r["modelopt_minus_edgekit_pt"][m] = {"value": round((r[m] - edge[m]) * 100, 2), "ci95": [round(-iv.high * 100, 2), round(-iv.low * 100, 2)]}
     for r in rows:  # say when two ModelOpt settings produced the very same graph
         r["same_graph_as"] = [o["model"] for o in rows if o is not r and r["graph_sha256"] and o["graph_sha256"] == r["graph_sha256"]]
     for label, why in skipped.items():
@@ -426,6 +438,9 @@ def main() -> None:
         )
     console.print(table)
     console.print("drop = FP32 - model, in mAP points (positive: the model lost accuracy); 95% CI: paired bootstrap over the evaluation images.")
+    for r in rows:
+        for m, d in (r.get("modelopt_minus_edgekit_pt") or {}).items():
+            console.print(f"{r['model']} - edgekit, {m}: {d['value']:+.2f} pt [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (paired, same images)")
     for r in rows:
         if r["status"] == "skipped":
             console.print(f"[yellow]{r['model']}[/]: {r['reason']}")

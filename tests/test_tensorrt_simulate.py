@@ -45,6 +45,22 @@ def test_fp16_emulation_rounds_storage_and_keeps_fp32_layers():
     assert 0 < np.abs(out - ref).max() < 5e-3  # fp16 rounding shows, at fp16 size
 
 
+def test_fp16_emulation_clamps_weights_outside_fp16_range():
+    """A mask constant such as float32's lowest (CLIP's causal mask) becomes fp16's lowest, as TensorRT clamps it,
+    not -inf, and silently: no numpy overflow warning reaches the user's console."""
+    import warnings
+
+    lowest = numpy_helper.from_array(np.array([0.0, np.finfo(np.float32).min, 1e6], dtype=np.float32), "mask")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "mask"], ["y"], name="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [lowest])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emulated = fp16_emulation(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    mask = numpy_helper.to_array(emulated.graph.initializer[0])
+    assert mask.tolist() == [0.0, -65504.0, 65504.0]
+
+
 def test_int8_simulation_runs_the_qdq_graph_as_written(tmp_path):
     """A Q/DQ conv run by the simulation equals the same arithmetic in numpy (no integer kernel in between)."""
     from edgekit.backends.tensorrt.simulate import simulated_runner

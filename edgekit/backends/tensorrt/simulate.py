@@ -52,7 +52,9 @@ def fp16_emulation(model: onnx.ModelProto) -> onnx.ModelProto:
     feeds_fp32 = {i for n in g.node if n.op_type in FP32_OPS for i in n.input}
     for init in g.initializer:
         if init.data_type == TensorProto.FLOAT and init.name not in feeds_fp32:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16).astype(np.float32), init.name))
+            fp16_max = float(np.finfo(np.float16).max)  # TensorRT clamps weights outside fp16's range (a mask's -3.4e38)
+            rounded = np.clip(numpy_helper.to_array(init), -fp16_max, fp16_max).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(rounded, init.name))
     inits = {i.name for i in g.initializer}
 
     def pair(src: str, dst: str, tag: str) -> list[onnx.NodeProto]:
