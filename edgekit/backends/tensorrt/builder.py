@@ -35,13 +35,16 @@ from edgekit.recipe import Recipe
 from edgekit.targets import Target
 
 
-def profile_dims(onnx_path: Path, input_sizes: dict[str, list[int]]) -> dict[str, DynamicBatch]:
-    """Ranges of the named dynamic axes (a text tower's ``sequence``; a batch axis ``export.dynamic_batch`` does not
-    set): 1 up to the size the graph was exported at (the full context length a device runs), optimised for it."""
+def profile_dims(onnx_path: Path, input_sizes: dict[str, list[int]], batch_set: bool = False) -> dict[str, DynamicBatch]:
+    """Ranges of the named dynamic axes (a text tower's ``sequence``; axis 0 too unless ``batch_set``: the recipe's
+    ``export.dynamic_batch`` range covers it): 1 up to the size the graph was exported at (the full context length a
+    device runs), optimised for it."""
     dims: dict[str, DynamicBatch] = {}
     for name, shape in onnx_input_shapes(onnx_path).items():
         example = input_sizes.get(name, [])
         for axis, d in enumerate(shape):
+            if batch_set and axis == 0:
+                continue
             if isinstance(d, str) and axis < len(example) and example[axis] > 0 and d not in dims:
                 dims[d] = DynamicBatch(min=1, opt=example[axis], max=example[axis])
     return dims
@@ -170,7 +173,7 @@ def plan_engine(graph: Graph, target: Target, run: Run, precision: str, onnx_pat
     """Write ``<graph>_build_<target precision>.json`` (config, trtexec command, ONNX digest) into ``settings`` and
     ``files``; returns why the engine cannot be built here, or None when it can."""
     folder = onnx_path.parent
-    config = build_config(run.recipe, precision, profile_dims(onnx_path, graph.input_sizes))
+    config = build_config(run.recipe, precision, profile_dims(onnx_path, graph.input_sizes, run.recipe.export.dynamic_batch))
     engine = folder / file_name(graph, f"model_{target.precision}.engine")  # named by the target: a tower may run fp16 in int8
     rel_onnx, rel_engine = Path("tensorrt") / onnx_path.name, Path("tensorrt") / engine.name  # run from the output folder
     command = trtexec_command(rel_onnx, rel_engine, config, onnx_input_shapes(onnx_path))
