@@ -484,6 +484,8 @@ class Job:
                 v.notes += result.notes
                 self.eval_samples[target.name] = result.samples
                 reference = result if reference is None else reference
+                if v.status == "measured" and all(b.simulate for b in builds[target].values()):
+                    self._simulation_beside_engine(target, builds[target], v, reference)
             timed = {t: r for t, r in runners.items() if variants[t].status == "measured"}  # a simulation's speed means nothing
             self._latency(timed, variants)
             for target, speed in self.family.speed(timed).items():
@@ -498,6 +500,24 @@ class Job:
                 variants[target].peak_memory_mb = mem["peak_rss_mb"]
                 variants[target].metrics["peak_memory_delta_mb"] = mem["delta_mb"]
         return [variants[t] for t in self.recipe.targets], reference, ref
+
+    def _simulation_beside_engine(self, target: Target, built: dict[str, Built], variant: Variant, reference: Evaluation) -> None:
+        """A real engine that also has a CPU simulation (TensorRT where TensorRT runs): evaluate the simulation too
+        and report both, since the gap between them measures what the simulation leaves out."""
+        runners = {name: b.simulate() for name, b in built.items()}
+        try:
+            for runner in runners.values():
+                runner.load()
+            with self.timer(f"evaluate {target.name} simulated"):
+                sim = self.family.evaluate(target, runners, reference)
+        finally:
+            for runner in runners.values():
+                runner.close()
+        variant.simulated_metrics = {k: float(x) for k, x in sim.metrics.items() if isinstance(x, int | float)}
+        variant.simulated_how = "; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None
+        gaps = [f"{m} {variant.metrics[m]:.4f} vs {x:.4f}" for m, x in variant.simulated_metrics.items() if m in variant.metrics and m in self.recipe.budgets]
+        if gaps:
+            variant.notes.append("engine vs its CPU simulation: " + ", ".join(gaps))
 
     def _latency(self, runners: dict[Target, dict[str, Any]], variants: dict[Target, Variant]) -> None:
         from edgekit.profiling.latency import measure_latency_interleaved

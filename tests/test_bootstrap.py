@@ -207,7 +207,7 @@ def _verdicts(run) -> tuple[dict, dict]:
 def test_check_confidence_gates_on_the_upper_bound(tight_run):
     tight_run, b95, _ = tight_run
     report, verdicts = _verdicts(tight_run)
-    assert report["schema_version"] == "1.5" and "bootstrap intervals" in report["timings_s"]
+    assert report["schema_version"] == "1.6" and "bootstrap intervals" in report["timings_s"]
     v = verdicts["mAP50-95"]
     assert v["interval"][0] <= v["drop"] <= v["interval"][1] and v["sample_count"] == 8 and v["sample_unit"] == "images"
     assert v["resamples"] == 1000 and v["seed"] == DEFAULT_SEED and v["confidence"] == 0.95

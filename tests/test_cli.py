@@ -121,7 +121,7 @@ def test_export_writes_every_artifact(run):
 
 def test_report_reproduces_reference_accuracy_and_int8_target(run):
     report = json.loads((run / "report.json").read_text())
-    assert report["schema_version"] == "1.5" and report["integrity"]["digest"] and report["reference"] == "onnxruntime:fp32"
+    assert report["schema_version"] == "1.6" and report["integrity"]["digest"] and report["reference"] == "onnxruntime:fp32"
     fp32, int8 = (next(v for v in report["variants"] if v["precision"] == p) for p in ("fp32", "int8"))
     # FP32 ONNX reproduces the published reference on these 158 images (assets README)
     assert abs(fp32["metrics"]["mAP50-95"] - 0.303) <= 0.003

@@ -75,3 +75,64 @@ def test_entry_point_clashing_with_builtin_is_refused(onnxref, tmp_path):
     registry.refresh()
     with pytest.raises(EdgekitError, match="clashes with edgekit's own 'openvino'"):
         registry.backend_names()
+
+
+SIMENGINE = '''
+from edgekit.backends.base import Backend, Built
+from edgekit.backends.onnxruntime.runner import OnnxRuntimeRunner
+from edgekit.backends.tensorrt.simulate import INT8_HOW, simulated_runner
+
+
+class SimEngineBackend(Backend):
+    """An engine (ONNX Runtime's fused int8 kernels) that also has a CPU simulation (the Q/DQ graph as written),
+    as a TensorRT target has where TensorRT runs."""
+
+    name, precisions, suffixes = "simengine", ("int8",), ()
+
+    def build(self, graph, target, run):
+        path = graph.quantized["int8"].path
+        return Built(path, "int8", lambda: OnnxRuntimeRunner(path, threads=2), [path],
+                     simulate=lambda: simulated_runner(path, 2), simulated_how=INT8_HOW)
+
+    def runner(self, path, threads=None, **options):
+        return OnnxRuntimeRunner(path, threads=threads)
+'''
+
+
+def test_engine_and_its_simulation_are_both_reported(tmp_path, monkeypatch):
+    """Where an engine is built and a simulation exists (TensorRT with TensorRT installed), the report carries the
+    engine's measured metrics and latency and the simulation's metrics beside them, and report.md shows the gap."""
+    import yaml
+    from conftest import COCO
+    from contracts.models import small_cnn_onnx
+
+    from edgekit.job import run_recipe
+    from edgekit.recipe import load_recipe
+
+    (tmp_path / "edgekit_simengine.py").write_text(SIMENGINE)
+    dist = tmp_path / "edgekit_simengine-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgekit-simengine\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgekit.backends]\nsimengine = edgekit_simengine:SimEngineBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.refresh()
+    try:
+        model = small_cnn_onnx(tmp_path / "cnn.onnx")
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "cnn", "model": {"family": "onnx", "weights": str(model)},
+            "quantization": {"calibration": {"images": str(COCO / "calib_images"), "count": 8, "warn_below": 8}},
+            "onnx": {"scale": "1/255", "max_images": 8}, "targets": ["onnxruntime:fp32", "simengine:int8"],
+            "benchmark": {"warmup": 1, "runs": 3, "threads": 2}, "budgets": {"output_cosine": {"max_drop": 0.02}},
+        }))
+        report = run_recipe(load_recipe(recipe), recipe, tmp_path / "out")
+    finally:
+        sys.modules.pop("edgekit_simengine", None)
+        registry.refresh()
+    v = report.variant("simengine:int8")
+    assert v.status == "measured" and v.latency_ms is not None and v.simulated_how.startswith("accuracy simulated")
+    assert set(v.simulated_metrics) == set(v.metrics) and 0.98 < v.simulated_metrics["output_cosine"] <= 1.0
+    assert report.variant("onnxruntime:fp32").simulated_metrics is None
+    gap = f"output_cosine {v.metrics['output_cosine']:.4f} vs {v.simulated_metrics['output_cosine']:.4f}"
+    assert any(n == f"engine vs its CPU simulation: {gap}" for n in v.notes), v.notes
+    assert f"engine vs CPU simulation: {gap}" in (tmp_path / "out" / "report.md").read_text()

@@ -182,7 +182,7 @@ def test_write_and_load_round_trip(tmp_path: Path):
     loaded = load_report(json_path)
     assert loaded == report
     data = json.loads(json_path.read_text())
-    assert data["schema_version"] == "1.5" and data["integrity"]["files"] == {}  # no model files beside this hand-made report
+    assert data["schema_version"] == "1.6" and data["integrity"]["files"] == {}  # no model files beside this hand-made report
     assert loaded.integrity is not None and loaded.integrity.digest == data["integrity"]["digest"]
     assert check_report(loaded) == check_report(report)
     # a folder holding report.json is accepted too

@@ -81,7 +81,7 @@ def auto_run(tmp_path_factory) -> Path:
 
 def test_auto_chooses_the_best_tuning_score_and_reports_both_sets(auto_run) -> None:
     report = json.loads((auto_run / "report.json").read_text())
-    assert report["schema_version"] == "1.5"
+    assert report["schema_version"] == "1.6"
     sets = report["tuning"]["sets"]
     assert sets["tuning_images"] == 12 and sets["tuning_folders"] == [str(COCO / "calib_images")]
     assert sets["evaluation_images"] == 8 and sets["evaluation_folders"] == [str(COCO / "images")]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgekit.errors import EdgekitError
 
-SCHEMA_VERSION = "1.5"  # 1.5: "simulated" variants (accuracy on CPU, no engine), latency samples; 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts; 1.4: tuning
+SCHEMA_VERSION = "1.6"  # 1.6: simulated_metrics beside a measured engine; 1.5: "simulated" variants (accuracy on CPU, no engine), latency samples; 1.2: the integrity record (digest over the report, sha256 of every file it names); 1.3: bootstrap intervals in verdicts; 1.4: tuning
 INTERVALS_SINCE = (1, 3)  # reports of this version and later carry bootstrap intervals where the family gives per-sample data
 INTEGRITY_SINCE = (1, 2)  # reports of this version and later must carry an integrity record
 
@@ -77,6 +77,7 @@ class Variant(BaseModel):
     simulated_how: str | None = Field(None, description="simulated: how the accuracy was obtained without the engine (latency not measured)")
     files: list[str] = Field(default_factory=list, description="every file this target wrote, relative to the run folder")
     metrics: dict[str, float] = Field(default_factory=dict)
+    simulated_metrics: dict[str, float] | None = Field(None, description="a measured engine that also has a CPU simulation (TensorRT with TensorRT present): the simulation's metrics, so the gap between them is reported")
     per_class_ap: dict[str, float] = Field(default_factory=dict)
     fidelity: dict[str, float] | None = None
     latency_ms: LatencyMs | None = None

@@ -131,6 +131,9 @@ def engine_lines(report: Report) -> list[str]:
             lines.append(f"  - **not built:** {v.not_built_reason}")
         if v.status == "simulated":
             lines.append(f"  - **{v.simulated_how}**")
+        if v.simulated_metrics:  # a real engine and its CPU simulation, both measured
+            shown = [m for m in v.simulated_metrics if m in v.metrics and m in report.budgets] or list(v.simulated_metrics)[:3]
+            lines.append("  - engine vs CPU simulation: " + ", ".join(f"{m} {v.metrics.get(m, float('nan')):.4f} vs {v.simulated_metrics[m]:.4f}" for m in shown))
         if backend.get("compiled"):
             lines.append("  - compiled: " + ", ".join(f"{k}={val}" for k, val in backend["compiled"].items()))
         if backend.get("interpreter"):

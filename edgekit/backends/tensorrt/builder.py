@@ -160,7 +160,9 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
             build_engine(onnx_path, engine, TensorRTBuildConfig.parse(settings["config"]))
             files += [engine, manifest_path(engine)]
             settings["builder"] = tensorrt_available()
-            return Built(engine, precision, lambda: TensorRTRunner(engine), files, settings, notes=notes)
+            simulate, how, sim = simulation(graph, precision, onnx_path, folder, run.recipe.benchmark.threads)  # reported beside the engine
+            files += [sim] if sim is not None and sim != onnx_path else []
+            return Built(engine, precision, lambda: TensorRTRunner(engine), files, settings, notes=notes, simulate=simulate, simulated_how=how)
         reason += "; build it on the device from the output folder with the trtexec command below"
     simulate, how, sim = simulation(graph, precision, onnx_path, folder, run.recipe.benchmark.threads)  # accuracy without the engine
     if sim is not None:
