@@ -26,7 +26,7 @@ import numpy as np
 import edgekit
 from edgekit import progress, registry
 from edgekit.artifacts import sha256_bytes, sha256_file, write_json_atomic
-from edgekit.backends.base import Backend, Built, Graph, Quantized, Run
+from edgekit.backends.base import Backend, Built, Graph, Quantized, Run, file_name
 from edgekit.errors import EdgekitError, environment_error
 from edgekit.families.base import Evaluation, Family, GraphExport
 from edgekit.onnx_io import load_onnx, save_onnx
@@ -172,6 +172,8 @@ class Job:
         graph.ranges, graph.ranges_settings = dict(result.calibration.ranges), calibration
         graph.spec_tensors = frozenset(result.spec.activations)
         graph.int8 = "static"
+        if "qat_training" in spec_settings:
+            self.carry_qat(graph, result.model)
 
     def calibrate_for_placements(self, graph: Graph) -> None:
         """Shared ranges for a graph the family quantized without them (a dynamic-int8 text tower) when an int8
@@ -262,13 +264,25 @@ class Job:
         progress.log(f"QAT: {c.steps} steps on {len(items)} images in {out.seconds:.0f} s, distillation loss "
                      f"{record['loss_first_10']:.4f} -> {record['loss_last_10']:.4f}")
 
+    def carry_qat(self, graph: Graph, trained: Any) -> None:
+        """What QAT learned, for TensorRT's own placement: the FP32 model with the trained weights and biases, and
+        the ranges the trained activation scales encode (``edgekit.qat.transfer``); ``trained``: the ONNX model."""
+        from edgekit.qat.transfer import trained_float_model, trained_ranges
+
+        model, convs = trained_float_model(load_onnx(graph.ranges_model or graph.fp32), trained)
+        graph.trained_model = self.stage / file_name(graph, "model_fp32_qat.onnx")
+        save_onnx(model, graph.trained_model, {"precision": "fp32", "weights": "QAT-trained"})
+        graph.trained_ranges, replaced = trained_ranges(trained, graph.ranges)
+        self.tuning_record(graph)["qat"]["carried_to_tensorrt"] = {"convs": convs, "ranges": replaced, "model": graph.trained_model.name}
+
     def qat_targets(self) -> list[str]:
-        """The int8 targets that run the QAT-trained Q/DQ graph: ONNX Runtime's, and OpenVINO's unless it quantizes with NNCF."""
+        """The int8 targets that run what QAT trained: ONNX Runtime's graph, OpenVINO's import of it unless it
+        quantizes with NNCF, and TensorRT's placement from the trained weights and ranges."""
         out = []
         for t in self.recipe.targets:
             if t.precision != "int8" or t.accuracy_control:
                 continue
-            if t.backend == "onnxruntime" or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
+            if t.backend in ("onnxruntime", "tensorrt") or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
                 out.append(t.name)
         return out
 

@@ -111,6 +111,42 @@ def test_distillation_is_deterministic_resumes_and_exports_what_it_trained(int8,
     assert sim_ort <= 1.5 * ort_ort, (sim_ort, ort_ort)
 
 
+def test_trained_numbers_carry_to_tensorrt_placement(int8, fp32_onnx, yolo, calib_images):
+    """What TensorRT is given from a Q/DQ graph (``edgekit.qat.transfer``): the float model whose Conv weights are
+    the graph's dequantized int8 weights, and the ranges its activation scales encode, which give back the same
+    scale and zero point. TensorRT's own placement from them runs those weights and lints clean."""
+    from edgekit.backends.tensorrt.qdq import lint_qdq_for_tensorrt
+    from edgekit.qat.transfer import trained_float_model, trained_ranges
+    from edgekit.quantization.placement import TENSORRT_PLACEMENT
+    from edgekit.quantization.ptq import place, tensors_for_placements
+    from edgekit.quantization.spec import QParams
+
+    family, _ = yolo
+    fp32 = onnx.load(fp32_onnx)
+    graph = QdqGraph(int8)
+    model, convs = trained_float_model(fp32, int8)
+    assert convs == len(graph.weights) > 50
+    arrays = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    floats = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv = next(n for n in fp32.graph.node if n.op_type == "Conv" and n.name in {w.node for w in graph.weights.values()})
+    wq = next(w for w in graph.weights.values() if w.node == conv.name)
+    scale = arrays[wq.scale].reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(floats[conv.input[1]], arrays[wq.quantized].astype(np.float32) * scale, rtol=1e-6)
+    assert not np.array_equal(floats[conv.input[1]], numpy_helper.to_array(next(i for i in fp32.graph.initializer if i.name == conv.input[1])))
+
+    scope = family.float_nodes(fp32)
+    trt_tensors = tensors_for_placements(fp32, [TENSORRT_PLACEMENT], scope, [])
+    ptq = quantize_static(fp32, calib_images[:8], lambda p: family.preprocess(p)[0], float_nodes=scope, use_cache=False, also_calibrate=trt_tensors)
+    ranges, replaced = trained_ranges(int8, ptq.calibration.ranges)
+    qs = [n for n in int8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in arrays]
+    assert replaced == len(qs) > 50
+    for q in qs[:10]:  # the encoded range reproduces the trained scale and zero point
+        back = QParams.from_range(ranges[q.input[0]], "uint8")
+        assert back.zero_point == int(arrays[q.input[2]]) and back.scale == pytest.approx(float(arrays[q.input[1]]), rel=1e-5)
+    trt, _ = place(model, TENSORRT_PLACEMENT, ranges, scope, [], ptq.spec.settings)
+    assert lint_qdq_for_tensorrt(trt) == []
+
+
 def test_detection_loss_is_zero_only_at_the_teacher():
     rng = np.random.default_rng(0)
     teacher = torch.from_numpy(np.concatenate([rng.uniform(0, 640, (1, 50, 4)), rng.uniform(0, 1, (1, 50, 81))], -1).astype(np.float32))
@@ -144,7 +180,7 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache))
     recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 120, "batch": 1, "checkpoint_every": 10, "count": 8},
-                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8"])
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8"])
     proc = start_export(recipe, tmp_path / "out")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(cache.glob("qat/*/state.json")) and proc.poll() is None:
@@ -163,7 +199,14 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
     assert int8["status"] == "measured"
     assert "qat_training" in json.dumps(int8["manifest"]["settings"])
-    assert record["reaches"] == ["onnxruntime:int8", "openvino:int8"]
+    assert record["reaches"] == ["onnxruntime:int8", "openvino:int8", "tensorrt:int8"]
+    # TensorRT: its own placement from the trained weights and scales, its accuracy simulated here
+    carried = record["carried_to_tensorrt"]
+    assert carried["convs"] > 10 and carried["ranges"] > 10 and (tmp_path / "out" / carried["model"]).is_file()
+    trt = next(v for v in report["variants"] if v["name"] == "tensorrt:int8")
+    assert trt["status"] == "simulated" and trt["metrics"]["mAP50-95"] > 0, trt
+    spec = json.loads((tmp_path / "out" / "tensorrt" / "quant_spec_tensorrt.json").read_text())
+    assert "trained" in spec["settings"]["qat"], spec["settings"]
     ov = next(v for v in report["variants"] if v["name"] == "openvino:int8")
     assert ov["status"] == "measured" and "QAT-trained" in json.dumps(ov["manifest"]["settings"]["backend"])
 

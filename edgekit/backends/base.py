@@ -95,6 +95,8 @@ class Graph:
     ranges: dict[str, Any] = field(default_factory=dict)  # tensor -> shared calibrated Range (every placement's tensors)
     ranges_settings: dict[str, Any] = field(default_factory=dict)  # how ``ranges`` were calibrated (``calibration_settings``)
     ranges_model: Path | None = None  # the FP32 model ``ranges`` describe when not ``fp32`` (SmoothQuant rewrote its weights)
+    trained_model: Path | None = None  # QAT: the FP32 model with the trained weights (for backends placing their own Q/DQ)
+    trained_ranges: dict[str, Any] = field(default_factory=dict)  # QAT: ``ranges`` with the trained activation scales
     input_sizes: dict[str, list[int]] = field(default_factory=dict)  # input -> exported example shape (profile sizes of dynamic axes)
     spec_tensors: frozenset[str] = frozenset()  # the tensors the shared (ORT) spec quantizes
     torch: TorchSource | None = None

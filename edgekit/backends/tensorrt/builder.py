@@ -92,8 +92,10 @@ def quantized_onnx(graph: Graph, out: Path, calibration: dict) -> tuple[Path, Pa
         ort = set(graph.searched_float_nodes.get("onnxruntime", []))
         float_nodes = [n for n in float_nodes if n not in ort] + graph.searched_float_nodes["tensorrt"]
     placement = tensorrt_placement(graph.kind)
-    source = load_onnx(graph.ranges_model or graph.fp32)
-    model, spec = place(source, placement, graph.ranges, float_nodes, graph.float_ops, calibration)
+    source = load_onnx(graph.trained_model or graph.ranges_model or graph.fp32)  # QAT's trained weights when it ran
+    model, spec = place(source, placement, graph.trained_ranges or graph.ranges, float_nodes, graph.float_ops, calibration)
+    if graph.trained_model is not None:
+        spec.settings["qat"] = f"trained weights and activation scales from {graph.trained_model.name} (edgekit.qat.transfer)"
     save_onnx(model, out, {"precision": "int8", "placement": placement.name})
     spec_path = out.with_name(_own(graph, "quant_spec_tensorrt.json"))
     write_json_atomic(spec_path, spec.to_dict())
