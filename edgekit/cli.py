@@ -77,6 +77,8 @@ def _metric_cells(variant, metrics: list[str]) -> list[str]:
 
 
 def _print_variants(report) -> None:
+    from edgekit.reports.budget import budget_cell
+
     table = Table(title=f"edgekit: {report.recipe['name']}")
     metrics = list(report.budgets) or sorted({m for v in report.variants for m in v.metrics if m in ("mAP50-95", "mAP50")})
     if any("decode_tokens_per_s" in v.metrics for v in report.variants):  # VLM: the latency column is time to first token
@@ -84,7 +86,8 @@ def _print_variants(report) -> None:
     for col in ["variant", *metrics, "median ms", "p90 ms", "size MB", "budget"]:
         table.add_column(col)
     for v in report.variants:
-        verdict = "-" if not v.budget else ("PASS" if all(b.passed for b in v.budget) else "FAIL")
+        cell = budget_cell(report, v)
+        verdict = cell.state if cell.state in ("PASS", "FAIL") else "-"
         lat = v.latency_ms
         if v.status == "not_built":
             table.add_row(v.name, *["-"] * len(metrics), "-", "-", f"{v.size_bytes / 1e6:.2f}", "not built")

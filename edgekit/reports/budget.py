@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -278,6 +279,29 @@ def recomputed_verdicts(report: Report, variant) -> list[BudgetVerdict]:
     stored = {b.metric: b for b in variant.budget}
     reference = report.variant(report.reference)
     return [copy_interval(v, stored.get(v.metric)) for v in evaluate_budgets(reference.metrics, variant.metrics, report.budgets)]
+
+
+@dataclass(frozen=True)
+class BudgetCell:
+    """The budget column of one variant in a variants table, decided once for the console, report.md and
+    report.html: ``state`` is ``not built``, ``reference``, ``none`` (no budgets), ``PASS`` or ``FAIL``."""
+
+    state: Literal["not built", "reference", "none", "PASS", "FAIL"]
+    failed: tuple[str, ...] = ()
+    simulated: bool = False  # the verdict is on a CPU simulation of the engine (TensorRT without TensorRT)
+
+
+def budget_cell(report: Report, variant) -> BudgetCell:
+    """:class:`BudgetCell` of ``variant``, from the recomputed verdicts (stored verdicts are not trusted)."""
+    reference = report.variant(report.reference)
+    if variant.status == "not_built":
+        return BudgetCell("not built")
+    if variant is reference:
+        return BudgetCell("reference")
+    if not report.budgets or reference is None:
+        return BudgetCell("none")
+    failed = tuple(b.metric for b in recomputed_verdicts(report, variant) if not b.passed)
+    return BudgetCell("FAIL" if failed else "PASS", failed, variant.status == "simulated")
 
 
 def check_report(report: Report, require_all: bool = False, source: str | Path | None = None, confidence: float | None = None) -> tuple[bool, list[str]]:

@@ -13,6 +13,7 @@ import json
 import re
 from html import escape
 
+from edgekit.reports.budget import budget_cell
 from edgekit.reports.schema import Report, Variant
 
 W, H, M = 640, 320, 56  # plot width, height, margin
@@ -177,7 +178,8 @@ def variants_table(report: Report) -> str:
         if v.status == "not_built":
             rows.append(f'<tr><td>{escape(v.name)}</td><td class="skip" colspan="{len(metrics) + 5}">not built: {escape(v.not_built_reason or "")}</td></tr>')
             continue
-        verdict = ('<span class="pass">PASS</span>' if all(b.passed for b in v.budget) else '<span class="fail">FAIL</span>') if v.budget else "-"
+        cell = budget_cell(report, v)
+        verdict = {"PASS": '<span class="pass">PASS</span>', "FAIL": '<span class="fail">FAIL</span>'}.get(cell.state, "-")
         lat = _latency(v)
         cells = [v.name, v.status, *[_fmt(v.metrics.get(m)) for m in metrics], _fmt(lat, ".2f"),
                  _fmt(v.latency_ms.p90 if v.latency_ms else None, ".2f"), f"{v.size_bytes / 1e6:.2f}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifacts import atomic_path, sha256_file
-from edgekit.reports.budget import evaluate_budgets, recomputed_verdicts, resolution_line
+from edgekit.reports.budget import budget_cell, recomputed_verdicts, resolution_line
 from edgekit.reports.plots import most_sensitive, plot_name, report_plots, sensitivity_tables
 from edgekit.reports.schema import SCHEMA_VERSION, Integrity, Report
 from edgekit.reports.verify import canonical_digest, manifest_hashes, named_files
@@ -327,16 +327,9 @@ def render_markdown(report: Report) -> str:
         row.append(f"{lat.median:.2f} / {lat.p90:.2f}" if lat else "-")
         row.append(f"{ref_median / lat.median:.2f}x" if ref_median and lat and lat.median > 0 else "-")
         row.append(f"{v.size_bytes / 1e6:.2f}" if v.size_bytes else "-")
-        if v.status == "not_built":
-            row.append("not built (see Engines)")
-        elif v is ref:
-            row.append("reference")
-        elif not report.budgets or ref is None:
-            row.append("-")
-        else:
-            verdicts = evaluate_budgets(ref.metrics, v.metrics, report.budgets)
-            failed = [b.metric for b in verdicts if not b.passed]
-            row.append(("**FAIL** (" + ", ".join(failed) + ")" if failed else "PASS") + (" (simulated, engine not built)" if v.status == "simulated" else ""))
+        cell = budget_cell(report, v)
+        text = {"not built": "not built (see Engines)", "reference": "reference", "none": "-", "PASS": "PASS"}.get(cell.state)
+        row.append((text or "**FAIL** (" + ", ".join(cell.failed) + ")") + (" (simulated, engine not built)" if cell.simulated else ""))
         rows.append(row)
     lines += ["## Variants", "", *_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 3) + ["l"]), ""]
 
