@@ -58,6 +58,18 @@ def _key(name: str) -> str:
     return name.replace(".", "_").replace("/", "_")
 
 
+def dequantize(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The float value a DequantizeLinear of a constant computes: ``(q - zero_point) * scale``, per axis if per channel."""
+    q = arrays[node.input[0]].astype(np.float64)
+    scale = arrays[node.input[1]].astype(np.float64)
+    zp = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+    if scale.ndim:
+        shape = [1] * q.ndim
+        shape[_attrs(node).get("axis", 1)] = -1
+        scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
+    return ((q - zp) * scale).astype(np.float32)
+
+
 class QdqGraph(torch.nn.Module):
     """Runs a Q/DQ ONNX model in PyTorch with fake-quant at its Q/DQ nodes; ``learn_scales`` trains activation scales."""
 
@@ -88,13 +100,13 @@ class QdqGraph(torch.nn.Module):
             qmax = 63 if int(np.abs(arrays[w_dq.input[0]].astype(np.int32)).max()) <= 63 else 127  # as PTQ wrote them
             wq = WeightQ(node.name, w_dq.input[0], w_dq.input[1], axis, qmax)
             self.weights[w_dq.output[0]] = wq
-            self.params[_key(wq.quantized)] = torch.nn.Parameter(torch.from_numpy(self._dequant(w_dq, arrays)))
+            self.params[_key(wq.quantized)] = torch.nn.Parameter(torch.from_numpy(dequantize(w_dq, arrays)))
             b_dq = producers.get(node.input[2]) if len(node.input) > 2 else None
             x_dq = producers.get(node.input[0])
             if b_dq is not None and b_dq.op_type == "DequantizeLinear" and x_dq is not None and x_dq.op_type == "DequantizeLinear":
                 bq = BiasQ(b_dq.input[0], b_dq.input[1], x_dq.input[1], wq)
                 self.biases[b_dq.output[0]] = bq
-                self.params[_key(bq.quantized)] = torch.nn.Parameter(torch.from_numpy(self._dequant(b_dq, arrays)))
+                self.params[_key(bq.quantized)] = torch.nn.Parameter(torch.from_numpy(dequantize(b_dq, arrays)))
         for node in self.nodes:
             if node.op_type == "QuantizeLinear" and node.input[1] not in self.activation_scales:
                 self.activation_scales.append(node.input[1])
@@ -104,16 +116,6 @@ class QdqGraph(torch.nn.Module):
             if value.dtype.kind == "f" and _key(name) not in self.params:
                 self.consts[name] = torch.from_numpy(value.copy())
 
-    @staticmethod
-    def _dequant(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        q = arrays[node.input[0]].astype(np.float64)
-        scale = arrays[node.input[1]].astype(np.float64)
-        zp = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-        if scale.ndim:
-            shape = [1] * q.ndim
-            shape[_attrs(node).get("axis", 1)] = -1
-            scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
-        return ((q - zp) * scale).astype(np.float32)
 
     # ---- quantized numbers derived from the trained parameters (used by forward and by export) ----
     def weight_scale(self, wq: WeightQ) -> torch.Tensor:

@@ -16,21 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from edgekit.qat.graph import dequantize
 from edgekit.quantization.spec import Range
 
 _QRANGE = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-127, 127)}  # int8: TensorRT's symmetric range
-
-
-def _dequantize(dq: onnx.NodeProto, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    q = arrays[dq.input[0]].astype(np.float64)
-    scale = arrays[dq.input[1]].astype(np.float64)
-    zp = arrays[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    if scale.ndim and q.ndim > 1:
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return ((q - zp) * scale).astype(np.float32)
 
 
 def trained_float_model(fp32: onnx.ModelProto, trained: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -47,7 +36,7 @@ def trained_float_model(fp32: onnx.ModelProto, trained: onnx.ModelProto) -> tupl
         for slot in (1, 2):
             dq = producer.get(node.input[slot]) if len(node.input) > slot and node.input[slot] else None
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in arrays and len(target.input) > slot:
-                values[target.input[slot]] = _dequantize(dq, arrays)
+                values[target.input[slot]] = dequantize(dq, arrays)
             elif len(node.input) > slot and node.input[slot] in arrays and len(target.input) > slot:
                 values[target.input[slot]] = arrays[node.input[slot]]  # a float bias: training may have moved it
     out = onnx.ModelProto()
