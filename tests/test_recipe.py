@@ -96,7 +96,7 @@ def test_vlm_recipes_load_with_their_targets(tmp_path):
 
 
 def test_vlm_recipe_errors_name_the_problem(tmp_path):
-    with pytest.raises(EdgekitError, match="vlm targets run on onnxruntime only"):
+    with pytest.raises(EdgekitError, match=r"vlm targets run on onnxruntime, tensorrt only \(got openvino:int8\)"):
         load_recipe(_vlm_recipe(tmp_path, targets=["onnxruntime:fp32", "openvino:int8"]))
     with pytest.raises(EdgekitError, match="unknown recipe key 'vlm.lm_heads'"):
         load_recipe(_vlm_recipe(tmp_path, vlm={"lm_heads": "float"}))
