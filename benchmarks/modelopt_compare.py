@@ -244,15 +244,7 @@ def measure(job, builds, peers):
         variants[label] = v
         if v.status == "not_built":
             continue
-        runners = {g: b.make_runner() if b.built else b.simulate() for g, b in built.items()}
-        try:
-            for r in runners.values():
-                r.load()
-            with job.timer(f"evaluate {label}"):
-                result = job.family.evaluate(target, runners, reference)
-        finally:
-            for r in runners.values():
-                r.close()
+        result = job.evaluate_built(target, built, reference, label=label)
         v.metrics, v.fidelity, v.per_class_ap = result.metrics, result.fidelity, result.per_class_ap
         v.notes += result.notes
         job.eval_samples[label] = result.samples
@@ -309,13 +301,8 @@ def main() -> None:
     job.stage.mkdir(parents=True)
     start = time.perf_counter()
     job.record_input(args.recipe)
-    with job.timer("load"):
-        job.family.load()
-    for spec in job.family.graphs():  # Job.execute's stages up to the builds
-        job.prepare(job.export(spec))
-    job.family.check_graphs()
+    job.prepare_graphs()  # Job.execute's stages up to the builds
     graph = job.graphs["model"]
-    job.family.quantize(graph)
     builds = job.build()
 
     # the same FP32 model and the same calibration images (the recipe's, preprocessed by the family) for ModelOpt

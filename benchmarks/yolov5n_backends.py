@@ -168,14 +168,7 @@ def main() -> None:
     job = Job(recipe, args.recipe, args.work)
     start = time.perf_counter()
     job.record_input(args.recipe)
-    with job.timer("load"):
-        job.family.load()
-    for spec in job.family.graphs():  # Job.execute's stages up to the builds
-        job.prepare(job.export(spec))
-    job.family.check_graphs()
-    if any(t.quantized for t in recipe.targets):
-        for graph in job.graphs.values():
-            job.family.quantize(graph)
+    job.prepare_graphs()  # Job.execute's stages up to the builds
     peer: Peers = peer_openvino(job, args.work) if args.peers else {}
     builds = job.build()
     if args.peers:

@@ -518,15 +518,7 @@ class Job:
     def _simulation_beside_engine(self, target: Target, built: dict[str, Built], variant: Variant, reference: Evaluation) -> None:
         """A real engine that also has a CPU simulation (TensorRT where TensorRT runs): evaluate the simulation too
         and report both, since the gap between them measures what the simulation leaves out."""
-        runners = {name: b.simulate() for name, b in built.items()}
-        try:
-            for runner in runners.values():
-                runner.load()
-            with self.timer(f"evaluate {target.name} simulated"):
-                sim = self.family.evaluate(target, runners, reference)
-        finally:
-            for runner in runners.values():
-                runner.close()
+        sim = self.evaluate_built(target, built, reference, simulated=True, label=f"{target.name} simulated")
         variant.simulated_metrics = {k: float(x) for k, x in sim.metrics.items() if isinstance(x, int | float)}
         variant.simulated_how = "; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None
         gaps = [f"{m} {variant.metrics[m]:.4f} vs {x:.4f}" for m, x in variant.simulated_metrics.items() if m in variant.metrics and m in self.recipe.budgets]
@@ -629,11 +621,9 @@ class Job:
             tuning=getattr(self, "tuning", None),
         )
 
-    def execute(self) -> Report:
-        """Every stage inside the staging folder; returns the report (not yet written)."""
-        start = time.perf_counter()
-        self.record_input(self.recipe_path)
-        self.family.preflight()
+    def prepare_graphs(self) -> None:
+        """Every stage before the builds: load, export, prepare and check each graph, then quantize it where a target
+        needs int8 (benchmarks that add their own peers to the builds start here too)."""
         with self.timer("load"):
             self.family.load()
         for spec in self.family.graphs():
@@ -643,6 +633,27 @@ class Job:
             for graph in self.graphs.values():
                 self.family.quantize(graph)
                 self.calibrate_for_placements(graph)
+
+    def evaluate_built(self, target: Target, built: dict[str, Built], reference: Evaluation | None, simulated: bool = False,
+                       label: str | None = None) -> Evaluation:
+        """Evaluate one target's graphs, each through its engine, or its CPU simulation when not built or when
+        ``simulated``; the runners are loaded for this evaluation only and closed after it."""
+        runners = {g: b.simulate() if simulated or not b.built else b.make_runner() for g, b in built.items()}
+        try:
+            for runner in runners.values():
+                runner.load()
+            with self.timer(f"evaluate {label or target.name}"):
+                return self.family.evaluate(target, runners, reference)
+        finally:
+            for runner in runners.values():
+                runner.close()
+
+    def execute(self) -> Report:
+        """Every stage inside the staging folder; returns the report (not yet written)."""
+        start = time.perf_counter()
+        self.record_input(self.recipe_path)
+        self.family.preflight()
+        self.prepare_graphs()
         builds = self.build()
         variants, reference, ref_target = self.measure(builds)
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
