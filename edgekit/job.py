@@ -136,11 +136,7 @@ class Job:
         q, feeds = self.recipe.quantization, graph.calibration
         if feeds is None:
             raise EdgekitError(f"no calibration samples for the {graph.name} graph", self.recipe_path, "set quantization.calibration.images")
-        placements = [ORT_PLACEMENT]
-        for target in self.recipe.targets:
-            placement = registry.backend(target.backend).placement_for(graph.kind) if target.precision == "int8" else None
-            if placement is not None and placement not in placements:
-                placements.append(placement)
+        placements = [ORT_PLACEMENT, *(p for p in self.target_placements(graph) if p != ORT_PLACEMENT)]
         fp32 = load_onnx(graph.fp32)
         tensors = tensors_for_placements(fp32, placements, graph.float_nodes, graph.float_ops)
         method, percentile = q.method, q.percentile
@@ -175,6 +171,15 @@ class Job:
         if "qat_training" in spec_settings:
             self.carry_qat(graph, result.model)
 
+    def target_placements(self, graph: Graph) -> list:
+        """The Q/DQ placements the recipe's int8 targets need for ``graph``, each once, in target order."""
+        out = []
+        for target in self.recipe.targets:
+            placement = registry.backend(target.backend).placement_for(graph.kind) if target.precision == "int8" else None
+            if placement is not None and placement not in out:
+                out.append(placement)
+        return out
+
     def calibrate_for_placements(self, graph: Graph) -> None:
         """Shared ranges for a graph the family quantized without them (a dynamic-int8 text tower) when an int8
         target's backend places it from ranges (TensorRT has no dynamic int8): one calibration pass of that placement's
@@ -185,15 +190,15 @@ class Job:
         q, feeds = self.recipe.quantization, graph.calibration
         if graph.kind == "cnn" or graph.ranges or graph.int8 == "float" or q is None or feeds is None:
             return
-        placements = {p.name: p for t in self.recipe.targets if t.precision == "int8" and (p := registry.backend(t.backend).placement_for(graph.kind))}
+        placements = self.target_placements(graph)
         if not placements:
             return
         fp32 = load_onnx(graph.fp32)
-        tensors = tensors_for_placements(fp32, list(placements.values()), graph.float_nodes, graph.float_ops)
+        tensors = tensors_for_placements(fp32, placements, graph.float_nodes, graph.float_ops)
         method, percentile = q.method, q.percentile
         if method == "auto":
             with self.timer(self._label(graph.name, "tune ranges")):
-                method, percentile = self.choose_ranges(graph, fp32, tensors, next(iter(placements.values())))
+                method, percentile = self.choose_ranges(graph, fp32, tensors, placements[0])
         with self.timer(self._label(graph.name, "calibrate")):
             calib = collect_ranges(fp32, tensors, feeds.items, feeds.transform, method, percentile, self.run.threads, progress.track)
         graph.ranges = dict(calib.ranges)
@@ -520,7 +525,7 @@ class Job:
         and report both, since the gap between them measures what the simulation leaves out."""
         sim = self.evaluate_built(target, built, reference, simulated=True, label=f"{target.name} simulated")
         variant.simulated_metrics = {k: float(x) for k, x in sim.metrics.items() if isinstance(x, int | float)}
-        variant.simulated_how = "; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None
+        variant.simulated_how = simulated_how(built)
         gaps = [f"{m} {variant.metrics[m]:.4f} vs {x:.4f}" for m, x in variant.simulated_metrics.items() if m in variant.metrics and m in self.recipe.budgets]
         if gaps:
             variant.notes.append("engine vs its CPU simulation: " + ", ".join(gaps))
@@ -581,7 +586,7 @@ class Job:
         return Variant(
             name=target.name, backend=target.backend, precision=target.precision, model_path=rel(main.path),
             status=("simulated" if simulated else "not_built") if reasons else "measured", not_built_reason="; ".join(reasons) or None,
-            simulated_how="; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None if simulated else None,
+            simulated_how=simulated_how(built) if simulated else None,
             files=[rel(p) for b in built.values() for p in b.files], batch=r.model.batch, threads=r.benchmark.threads,
             size_bytes=sum(model_size_bytes(b.path) for b in built.values() if b.path),
             notes=[n for b in built.values() for n in b.notes], components=components,
@@ -659,6 +664,11 @@ class Job:
         self.family.finalize(reference, {t: {g: b.path for g, b in bs.items() if b.path} for t, bs in builds.items()})
         self.timings["total"] = round(time.perf_counter() - start, 3)
         return self.report(variants, ref_target)
+
+
+def simulated_how(built: dict[str, Built]) -> str | None:
+    """How a target's accuracy was obtained without its engine, one phrase per distinct way among its graphs."""
+    return "; ".join(sorted({b.simulated_how for b in built.values() if b.simulated_how})) or None
 
 
 def choose_candidate(trace: list[dict[str, Any]], min_evidence: float) -> dict[str, Any]:
