@@ -358,7 +358,9 @@ class Job:
         """``quantization.search``: the fastest set of quantizer groups left float (measured ORT latency) whose tuning loss
         meets the budget; the chosen groups join ``graph.float_nodes`` for every placement. With ``search.per_backend``,
         each other int8 backend that times candidates itself (OpenVINO) searches its own float scope too, in its own
-        latency, reusing ORT's sensitivity table; its choice joins ``graph.backend_float_nodes`` instead."""
+        latency, reusing ORT's sensitivity table; its choice joins ``graph.backend_float_nodes`` instead. Under ``mode: auto``
+        a missed budget applies nothing: QAT trains the all-int8 graph, whose every quantizer it can adapt (the
+        lowest-loss miss is often all float, which leaves QAT nothing to train)."""
         import tempfile
 
         from edgekit.quantization.calibration import collect_ranges
@@ -399,6 +401,10 @@ class Job:
         result = run(graph.float_nodes)
         record = self.tuning_record(graph)
         record["search"] = {**result.to_dict(), "tuning_images": len(scorer.samples)}
+        if not result.met and q.mode == "auto":  # QAT follows: it trains all int8 (the float it would keep bought too little)
+            record["search"]["applied"] = "no: the search missed max_loss_pt, so QAT trains the all-int8 graph"
+            progress.log("search missed its budget: no groups left float, QAT trains the all-int8 graph")
+            return
         wide = list(result.float_nodes)  # what the wide-scope backends (NNCF) add: ORT's choice unless they search their own
         for backend in self.search_backends() if s.per_backend else []:
             own_search = functools.partial(self.search_backend, graph, backend, run, result.table, record, len(scorer.samples))

@@ -236,6 +236,6 @@ def test_auto_mode_trains_only_when_the_search_misses_its_budget(tmp_path, monke
         result = edgekit("export", recipe, "--out", tmp_path / name)
         assert result.returncode == 0, result.stderr[-3000:]
         record = json.loads((tmp_path / name / "report.json").read_text())["tuning"]["graphs"]["model"]
-        decisions[name] = (record["qat_decision"], record["search"]["met"], "qat" in record)
-    assert decisions["met"] == ("PTQ: the search met max_loss_pt", True, False)
-    assert decisions["missed"] == ("QAT: the search missed max_loss_pt", False, True)
+        decisions[name] = (record["qat_decision"], record["search"]["met"], "qat" in record, "applied" in record["search"])
+    assert decisions["met"] == ("PTQ: the search met max_loss_pt", True, False, False)
+    assert decisions["missed"] == ("QAT: the search missed max_loss_pt", False, True, True)  # QAT trains all int8

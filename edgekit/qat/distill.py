@@ -122,6 +122,9 @@ def train(qdq: onnx.ModelProto, teacher_path: str | Path, items: Sequence[Any], 
         {"params": [p for k, p in graph.params.items() if k not in scales], "lr": settings.lr},
         {"params": [p for k, p in graph.params.items() if k in scales and p.requires_grad], "lr": settings.scale_lr},
     ]
+    if not any(g["params"] for g in groups):
+        raise EdgekitError("QAT has nothing to train: the Q/DQ graph quantizes no node (every node is left float)",
+                           fix="quantize some nodes (shorten quantization.exclude / float_ops) or use mode: ptq")
     opt = torch.optim.Adam([g for g in groups if g["params"]])
     key = _digest(settings, qdq, [sample_digest(i) if isinstance(i, str | Path) else repr(i) for i in items])
     start, losses = 0, []

@@ -290,7 +290,8 @@ def tuning_lines(report: Report) -> list[str]:
             lines += [f"### Mixed-precision search{where}, {backend}: groups left float: {chosen} "
                       f"({'meets' if sr.get('met') else 'does NOT meet'} the tuning budget {_num(sr.get('max_loss_pt'), '.2f')} pt)", "",
                       *_table(["step", "float groups", "loss pt", "latency ms", "vs all-int8 ms", "meets", "s"], rows), "",
-                      f"{how}; search {sr.get('seconds', 0):.0f} s ({sr.get('stopped', '')}).", ""]
+                      f"{how}; search {sr.get('seconds', 0):.0f} s ({sr.get('stopped', '')})."
+                      + (f" Applied: {sr['applied']}." if sr.get("applied") else ""), ""]
         lines += [f"- {note}" for note in record.get("search_notes", [])] + ([""] if record.get("search_notes") else [])
     return lines
 
