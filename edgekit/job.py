@@ -282,12 +282,13 @@ class Job:
 
     def qat_targets(self) -> list[str]:
         """The int8 targets that run what QAT trained: ONNX Runtime's graph, OpenVINO's import of it unless it
-        quantizes with NNCF, and TensorRT's placement from the trained weights and ranges."""
+        quantizes with NNCF, TensorRT's placement from the trained weights and ranges, and LiteRT's conversion of the
+        trained weights."""
         out = []
         for t in self.recipe.targets:
             if t.precision != "int8" or t.accuracy_control:
                 continue
-            if t.backend in ("onnxruntime", "tensorrt") or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
+            if t.backend in ("onnxruntime", "tensorrt", "tflite") or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
                 out.append(t.name)
         return out
 

@@ -3,6 +3,8 @@ the export writes the trained numbers back into the same graph. Real YOLOv5n wei
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -180,7 +182,7 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache))
     recipe = tiny_recipe(tmp_path, quantization__mode="qat", quantization__qat={"steps": 120, "batch": 1, "checkpoint_every": 10, "count": 8},
-                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8"])
+                         targets=["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8", "tflite:int8"])
     proc = start_export(recipe, tmp_path / "out")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(cache.glob("qat/*/state.json")) and proc.poll() is None:
@@ -199,7 +201,7 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
     assert int8["status"] == "measured"
     assert "qat_training" in json.dumps(int8["manifest"]["settings"])
-    assert record["reaches"] == ["onnxruntime:int8", "openvino:int8", "tensorrt:int8"]
+    assert record["reaches"] == ["onnxruntime:int8", "openvino:int8", "tensorrt:int8", "tflite:int8"]
     # TensorRT: its own placement from the trained weights and scales, its accuracy simulated here
     carried = record["carried_to_tensorrt"]
     assert carried["convs"] > 10 and carried["ranges"] > 10 and (tmp_path / "out" / carried["model"]).is_file()
@@ -209,6 +211,30 @@ def test_export_with_qat_mode_interrupted_then_resumed(tmp_path, monkeypatch):
     assert "trained" in spec["settings"]["qat"], spec["settings"]
     ov = next(v for v in report["variants"] if v["name"] == "openvino:int8")
     assert ov["status"] == "measured" and "QAT-trained" in json.dumps(ov["manifest"]["settings"]["backend"])
+    # LiteRT: the trained weights written into the PyTorch module it converts, the trained ranges matched onto it
+    tfl = next(v for v in report["variants"] if v["name"] == "tflite:int8")
+    qat = tfl["manifest"]["settings"]["backend"]["qat"]
+    assert tfl["status"] == "measured" and qat["ranges"] == "trained", tfl
+    assert qat["parameters"] == qat["trained_initializers"] > 10, qat
+    assert "QAT-trained" in tfl["manifest"]["settings"]["backend"]["quantization"]["calibration"]["method"]
+    assert_converted_trained_weights(tmp_path / "out")
+
+
+def assert_converted_trained_weights(out: Path) -> None:
+    """The FP32 ``.tflite`` LiteRT quantized computes what QAT's trained FP32 ONNX graph computes (not the original)."""
+    from conftest import COCO
+    from PIL import Image
+
+    from edgekit.backends.litert.runner import LiteRTRunner
+
+    image = sorted((COCO / "images").glob("*.jpg"))[0]
+    x = np.asarray(Image.open(image).convert("RGB").resize((128, 128)), dtype=np.float32).transpose(2, 0, 1)[None] / 255
+    want = {name: ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0][..., 4:]
+            for name in ("model_fp32.onnx", "model_fp32_qat.onnx")}
+    with LiteRTRunner(out / "tflite" / "model_fp32_qat.tflite", threads=2, input_names=["images"], output_names=["boxes", "scores"]) as tfl:
+        got = tfl.infer({"images": x})["scores"]
+    assert np.abs(got - want["model_fp32_qat.onnx"]).max() < 1e-4
+    assert np.abs(got - want["model_fp32.onnx"]).max() > 1e-3  # training moved the scores: the check above can fail
 
 
 def test_recipe_refuses_qat_on_the_evaluation_images(tmp_path):

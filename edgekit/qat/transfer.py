@@ -1,10 +1,13 @@
-"""QAT's numbers for a backend that places its own Q/DQ (TensorRT: symmetric int8, its own placement).
+"""QAT's numbers for a backend that places its own Q/DQ (TensorRT: symmetric int8, its own placement) or converts
+from PyTorch (LiteRT).
 
 QAT trains ONNX Runtime's Q/DQ graph. TensorRT cannot run that graph as it is (asymmetric uint8 activations, its
 own placement), but it can be given what training learned: the FP32 model with the trained weights and biases
 (dequantized exactly as ONNX Runtime runs them), and the activation range each trained scale encodes. TensorRT's
 placement then quantizes from those as it does from PTQ's, so ``tensorrt:int8`` ships the trained weights; tensors
-only TensorRT quantizes keep their calibrated ranges.
+only TensorRT quantizes keep their calibrated ranges. LiteRT converts the family's PyTorch module, not the ONNX file:
+:func:`trained_module` writes the same trained values into a copy of that module (each parameter found by its value
+in the FP32 ONNX graph it was exported to), and the LiteRT build matches the trained ranges onto its tensors.
 """
 
 from __future__ import annotations
@@ -68,3 +71,39 @@ def trained_ranges(trained: onnx.ModelProto, ranges: Mapping[str, Any]) -> tuple
         out[node.input[0]] = Range(float((qmin - zp) * scale), float((qmax - zp) * scale))
         replaced += 1
     return out, replaced
+
+
+def trained_module(module: Any, fp32: onnx.ModelProto, trained_fp32: onnx.ModelProto) -> tuple[Any, int, int]:
+    """A copy of the PyTorch ``module`` that ``fp32`` was exported from, with every parameter whose value is an
+    initializer of ``fp32`` that ``trained_fp32`` (:func:`trained_float_model`) changed set to the trained value; returns
+    it, how many parameters it set and how many initializers training changed. Matching is by exact value and shape, since export and passes rename tensors;
+    a value held by two initializers that trained differently is ambiguous and left as it is."""
+    import copy
+    import hashlib
+
+    import torch
+
+    def key(array: np.ndarray) -> tuple:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        return array.shape, hashlib.sha256(array.tobytes()).hexdigest()
+
+    after = {i.name: numpy_helper.to_array(i) for i in trained_fp32.graph.initializer}
+    changed: dict[tuple, np.ndarray | None] = {}
+    for init in fp32.graph.initializer:
+        before = numpy_helper.to_array(init)
+        value = after.get(init.name)
+        if before.dtype.kind != "f" or value is None or np.array_equal(before, value):
+            continue
+        k = key(before)
+        changed[k] = None if k in changed and not np.array_equal(changed[k], value) else value
+    out = copy.deepcopy(module)
+    count = 0
+    with torch.no_grad():
+        for tensor in [*out.parameters(), *out.buffers()]:
+            if not tensor.is_floating_point():
+                continue
+            value = changed.get(key(tensor.detach().cpu().numpy()))
+            if value is not None:
+                tensor.copy_(torch.from_numpy(value.astype(np.float32)).to(tensor.dtype))
+                count += 1
+    return out, count, len(changed)

@@ -22,6 +22,11 @@ class TFLiteSpec(Strict):
         description="tflite:int8 activation ranges: ai-edge-quantizer's moving-average MinMax (litert), or the run's shared "
         "calibration ranges matched onto the TFLite tensors (shared); litert measured better on YOLOv5n",
     )
+    qat_ranges: Literal["trained", "litert"] = Field(
+        "trained",
+        description="after QAT (quantization.mode: qat), tflite:int8 converts the trained weights and takes the activation "
+        "ranges QAT trained, matched onto the TFLite tensors (trained), or ai-edge-quantizer's own on the trained weights (litert)",
+    )
 
 
 class LiteRTBackend(Backend):

@@ -65,16 +65,19 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | Non
         with quiet_unless_interactive():  # ai-edge-quantizer's own tqdm bars flood non-interactive logs
             calibration = q.calibrate({SIGNATURE: feeds}, num_threads=run.threads)
         shared = 0
-        if run.recipe.tflite.ranges == "shared" and graph.ranges:
+        trained = qat_ranges(graph, run.recipe)
+        if (trained or run.recipe.tflite.ranges == "shared") and graph.ranges:
             from edgekit.backends.litert.ranges import apply_shared_ranges, match_tensors
             from edgekit.onnx_io import load_onnx
 
             # the ranges of the tensors the shared spec quantizes, not those it only observed (head conv outputs that
             # feed the float decode: a clipped range there would clip box logits)
-            ranges = {t: rng for t, rng in graph.ranges.items() if t in graph.spec_tensors}
-            matches = match_tensors(fp32_path, load_onnx(graph.fp32), sorted(ranges), graph.calibration[0])
+            source = graph.trained_ranges if trained else graph.ranges
+            ranges = {t: rng for t, rng in source.items() if t in graph.spec_tensors}
+            onnx_model = load_onnx(graph.trained_model if trained else graph.fp32)
+            matches = match_tensors(fp32_path, onnx_model, sorted(ranges), graph.calibration[0])
             shared = apply_shared_ranges(calibration, matches, ranges)
-        method = run.recipe.quantization.method if run.recipe.quantization else "minmax"
+        method = "QAT-trained" if trained else run.recipe.quantization.method if run.recipe.quantization else "minmax"
         settings.update(
             recipe="static_wi8_ai8: int8 per-channel symmetric weights, int8 asymmetric activations",
             calibration={
@@ -97,6 +100,26 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, graph: Graph | Non
         tmp.write_bytes(bytes(result.quantized_model))
     settings["quantization_recipe"] = result.recipe
     return settings
+
+
+def qat_ranges(graph: Graph, recipe) -> bool:
+    """Whether int8 takes QAT's trained activation ranges (``tflite.qat_ranges: trained`` after QAT ran)."""
+    return graph.trained_model is not None and recipe.tflite.qat_ranges == "trained"
+
+
+def trained_source(graph: Graph):
+    """``graph.torch`` with QAT's trained weights written into a copy of its module (``edgekit.qat.transfer``);
+    returns it and ``{"parameters": set, "trained_initializers": changed by training}``."""
+    import dataclasses
+
+    from edgekit.onnx_io import load_onnx
+    from edgekit.qat.transfer import trained_module
+
+    module, count, changed = trained_module(graph.torch.module, load_onnx(graph.fp32), load_onnx(graph.trained_model))
+    if count == 0:
+        raise EdgekitError(f"QAT's trained weights match no parameter of the {graph.name} graph's PyTorch module",
+                           fix="report this: the ONNX graph's weights no longer equal the module's (a pass changed them)")
+    return dataclasses.replace(graph.torch, module=module), {"parameters": count, "trained_initializers": changed}
 
 
 def int8_quantizer(fp32_path: Path, float_regexes: list[str]):
@@ -168,11 +191,12 @@ def _signature_inputs(fp32_path: Path) -> list[str]:
     return list(runner.get_signature_runner(SIGNATURE).get_input_details())
 
 
-def convert(graph: Graph, out_path: Path, batch: int) -> dict:
-    """The FP32 ``.tflite`` of the graph's PyTorch module (kept when it exists); returns the converter settings."""
+def convert(graph: Graph, out_path: Path, batch: int, source=None) -> dict:
+    """The FP32 ``.tflite`` of the graph's PyTorch module, or of ``source`` (a :class:`TorchSource`; kept when it
+    exists); returns the converter settings."""
     import torch
 
-    source = graph.torch
+    source = source or graph.torch
     if not out_path.is_file():
         litert_torch = require("litert_torch")
         module = litert_torch.to_channel_last_io(source.module, args=[0]).eval() if source.wrap_channels_last else source.module
@@ -226,10 +250,17 @@ def build(graph: Graph, target: Target, run: Run) -> Built:
     if mode in ("int8", "static") and graph.calibration is None:
         return Built(None, target.precision, not_built=f"no calibration samples for the {graph.name} graph's static int8")
     folder = run.folder("tflite")
-    fp32 = folder / file_name(graph, "model_fp32.tflite")
+    qat = mode == "int8" and graph.trained_model is not None
+    fp32 = folder / file_name(graph, "model_fp32_qat.tflite" if qat else "model_fp32.tflite")
     settings: dict = {}
     try:
-        settings["converter"] = convert(graph, fp32, run.recipe.model.batch)
+        converted, carried = trained_source(graph) if qat else (source, {})
+        settings["converter"] = convert(graph, fp32, run.recipe.model.batch, converted)
+        if qat:
+            settings["qat"] = {**carried, "from": graph.trained_model.name,
+                               "ranges": "trained" if qat_ranges(graph, run.recipe) else "ai-edge-quantizer's on the trained weights"}
+    except EdgekitError:
+        raise
     except Exception as exc:  # litert-torch raises anything from torch.export, its JAX lowering or the MLIR converter
         return Built(None, target.precision, not_built=f"litert-torch cannot convert the {graph.name} graph ({_why(exc)})")
     path = fp32
