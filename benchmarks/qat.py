@@ -1,7 +1,8 @@
 """PTQ against label-free QAT on ONNX Runtime, through edgekit's job (``edgekit export`` of ``recipes/yolov5n.yaml``).
 
-Two runs of the recipe with targets ``onnxruntime:fp32`` (reference), ``onnxruntime:int8``, ``openvino:int8`` and
-``tensorrt:int8`` (TensorRT's placement from the trained weights and scales, accuracy simulated on the CPU), the same ranges
+Two runs of the recipe with targets ``onnxruntime:fp32`` (reference), ``onnxruntime:int8``, ``openvino:int8``,
+``tensorrt:int8`` (TensorRT's placement from the trained weights and scales, accuracy simulated on the CPU) and
+``tflite:int8`` (LiteRT's conversion of the module with the trained weights, the trained ranges matched onto it), the same ranges
 (``method: percentile`` 99.99, no search, so that only QAT differs), one with ``quantization.mode: ptq`` and one with
 ``mode: qat`` (``quantization.qat`` from the recipe, or ``--steps`` / ``--lr`` / ``--qat-images``). QAT trains on the
 calibration folder plus ``--qat-images`` (default the first 400 ImageNet sample images); the evaluation images are only
@@ -35,7 +36,7 @@ from edgekit.reports.schema import Report  # noqa: E402
 from edgekit.targets import Target  # noqa: E402
 
 RECIPE = HERE.parent / "recipes" / "yolov5n.yaml"
-TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8"]  # TensorRT: accuracy simulated, not timed
+TARGETS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:int8", "tensorrt:int8", "tflite:int8"]  # TensorRT: accuracy simulated, not timed
 
 
 def variant_recipe(base: Recipe, mode: str, args: argparse.Namespace) -> Recipe:
