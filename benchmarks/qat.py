@@ -11,6 +11,7 @@ trained Q/DQ graph. Per row: mAP50-95 drop vs FP32 with its paired bootstrap 95%
 same run, QAT training seconds and peak memory (RSS of the process).
 
     python benchmarks/qat.py [--steps 300] [--lr 1e-5] [--qat-images DIR --qat-count 400] [--max-images N] [--out FILE]
+                             [--modes ptq,qat] [--tflite-qat-ranges trained|litert]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def variant_recipe(base: Recipe, mode: str, args: argparse.Namespace) -> Recipe:
     q.qat.steps, q.qat.lr = args.steps, args.lr
     q.qat.images = [q.calibration.images, str(args.qat_images)] if args.qat_images else None
     q.qat.count = args.qat_count
+    recipe.tflite.qat_ranges = args.tflite_qat_ranges
     return recipe
 
 
@@ -79,6 +81,8 @@ def main() -> None:
     parser.add_argument("--qat-images", type=Path, default=assets_dir() / "imagenet_sample_1000" / "images")
     parser.add_argument("--qat-count", type=int, default=400, help="images taken from each QAT folder")
     parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--modes", default="ptq,qat", help="which runs, comma-separated")
+    parser.add_argument("--tflite-qat-ranges", choices=["trained", "litert"], default="trained", help="tflite.qat_ranges of the QAT run")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "qat")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "qat.json")
     args = parser.parse_args()
@@ -89,11 +93,11 @@ def main() -> None:
     if args.max_images:
         base.evaluation.max_images = args.max_images
     rows, runs = [], {}
-    for mode in ("ptq", "qat"):
+    for mode in args.modes.split(","):
         report = run_recipe(variant_recipe(base, mode, args), args.recipe, args.work / mode, overwrite=True)
         rows += rows_of(report, mode)
         runs[mode] = {"timings_s": report.timings_s, "tuning": report.tuning, "device": report.device}
-    device = runs["ptq"]["device"]
+    device = next(iter(runs.values()))["device"]
     table = Table(title=f"YOLOv5n int8, PTQ vs label-free QAT; {device.get('cpu_model')}, {base.benchmark.threads} threads; "
                         "drop vs FP32 on the evaluation images with paired bootstrap 95% interval")
     for col in ("mode", "target", "mAP50-95", "drop pt [95%]", "budget", "latency vs fp32", "QAT s", "peak RSS MB"):
