@@ -39,6 +39,7 @@ class QatSettings:
     flip: bool = True
     checkpoint_every: int = 25
     threads: int = 2
+    feature_weight: float = 1.0  # weight of the intermediate-feature loss (only where ``features`` are given)
 
 
 @dataclass
@@ -70,8 +71,45 @@ def detection_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return obj + (w * cls).sum() + (w * box).sum()
 
 
-def _digest(settings: QatSettings, model: onnx.ModelProto, inputs: Sequence[str]) -> str:
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Encoders (CLIP towers, sentence embedders): one minus the cosine of each row with the teacher's, averaged."""
+    s, t = student.reshape(student.shape[0], -1), teacher.reshape(teacher.shape[0], -1)
+    return (1.0 - torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+
+
+def feature_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the tapped tensors of the squared error relative to the teacher tensor's own energy."""
+    terms = [((s - t).square().sum() / t.square().sum().clamp_min(1e-12)) for s, t in zip(student, teacher, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def norm_outputs(model: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
+    """The outputs of the Q/DQ graph's quantized LayerNormalizations that the FP32 graph also computes (by name):
+    each transformer block's output, the intermediate features a transformer distils best from."""
+    fp32 = {o for n in teacher.graph.node for o in n.output}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization" and n.output[0] in fp32
+            and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear"]
+
+
+def _teacher_session(path: str | Path, features: Sequence[str], opts):
+    """ONNX Runtime on the FP32 teacher, with ``features`` added as graph outputs."""
+    import onnxruntime as ort
+
+    if not features:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(path))
+    have = {o.name for o in model.graph.output}
+    for name in features:
+        if name not in have:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _digest(settings: QatSettings, model: onnx.ModelProto, inputs: Sequence[str], features: Sequence[str] = ()) -> str:
     h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    if features:
+        h.update(json.dumps(list(features)).encode())
     h.update(model.SerializeToString(deterministic=True))
     for name in inputs:
         h.update(name.encode())
@@ -99,12 +137,13 @@ def _peak_rss_mb() -> float:
 
 def train(qdq: onnx.ModelProto, teacher_path: str | Path, items: Sequence[Any], transform: Callable[[Any], dict[str, np.ndarray]],
           settings: QatSettings, loss_fn: Loss = detection_loss, checkpoint: Path | None = None,
-          stop_after: int | None = None) -> QatResult:
+          stop_after: int | None = None, features: Sequence[str] = ()) -> QatResult:
     """Distil ``qdq`` from the FP32 ONNX ``teacher_path`` on ``items`` (image paths), each made into the graph's feeds
     by ``transform`` when its step needs it (a thousand 640x640 images would not fit in memory at once).
 
     ``checkpoint`` (a folder) holds ``state.safetensors`` and ``state.json``; a matching one resumes the run.
     ``stop_after`` ends the process's work after that many steps (an interruption, for tests and time limits).
+    ``features``: tensors both graphs compute (:func:`norm_outputs`), distilled with :func:`feature_loss` as well.
     """
     import onnxruntime as ort
 
@@ -114,9 +153,9 @@ def train(qdq: onnx.ModelProto, teacher_path: str | Path, items: Sequence[Any], 
     torch.set_num_threads(settings.threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = settings.threads
-    teacher = ort.InferenceSession(str(teacher_path), opts, providers=["CPUExecutionProvider"])
+    teacher = _teacher_session(teacher_path, features, opts)
     t_out = teacher.get_outputs()[0].name
-    graph = QdqGraph(qdq, learn_scales=settings.learn_scales).train()
+    graph = QdqGraph(qdq, learn_scales=settings.learn_scales, taps=features).train()
     scales = {n.replace(".", "_").replace("/", "_") for n in graph.activation_scales}
     groups = [
         {"params": [p for k, p in graph.params.items() if k not in scales], "lr": settings.lr},
@@ -126,7 +165,7 @@ def train(qdq: onnx.ModelProto, teacher_path: str | Path, items: Sequence[Any], 
         raise EdgekitError("QAT has nothing to train: the Q/DQ graph quantizes no node (every node is left float)",
                            fix="quantize some nodes (shorten quantization.exclude / float_ops) or use mode: ptq")
     opt = torch.optim.Adam([g for g in groups if g["params"]])
-    key = _digest(settings, qdq, [sample_digest(i) if isinstance(i, str | Path) else repr(i) for i in items])
+    key = _digest(settings, qdq, [sample_digest(i) if isinstance(i, str | Path) else repr(i) for i in items], features)
     start, losses = 0, []
     if checkpoint is not None and (checkpoint / "state.json").is_file():
         meta = json.loads((checkpoint / "state.json").read_text())
@@ -155,8 +194,12 @@ def train(qdq: onnx.ModelProto, teacher_path: str | Path, items: Sequence[Any], 
             feeds = transform(items[i])
             if flip:  # horizontal flip of image inputs (NCHW)
                 feeds = {k: np.ascontiguousarray(v[..., ::-1]) if v.ndim == 4 else v for k, v in feeds.items()}
-            target = torch.from_numpy(teacher.run([t_out], feeds)[0])
-            loss = loss_fn(graph(*(torch.from_numpy(feeds[n]) for n in graph.inputs))[0], target) / len(picks)
+            targets = [torch.from_numpy(t) for t in teacher.run([t_out, *features], feeds)]
+            outs = graph(*(torch.from_numpy(feeds[n]) for n in graph.inputs))
+            loss = loss_fn(outs[0], targets[0])
+            if features:
+                loss = loss + settings.feature_weight * feature_loss(outs[len(graph.outputs):], targets[1:])
+            loss = loss / len(picks)
             loss.backward()
             total += float(loss.detach())
         opt.step()

@@ -9,19 +9,20 @@ exactly as ``edgekit.quantization.qdq.quantize_weight`` does; int32 biases follo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 
 from edgekit.errors import EdgekitError
+from edgekit.qat.ops import OPS
 
 _QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
-SUPPORTED = ("QuantizeLinear", "DequantizeLinear", "Conv", "Sigmoid", "Relu", "Mul", "Add", "Sub", "Div", "Concat",
-             "Slice", "Reshape", "Transpose", "MaxPool", "Resize", "Identity", "Pow")
+SUPPORTED = ("QuantizeLinear", "DequantizeLinear", *OPS)
+WEIGHTED = ("Conv", "MatMul", "Gemm")  # nodes whose input 1 may be an int8 weight initializer
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class WeightQ:
-    """An int8 weight initializer with its Conv: the float master weight is trained, the int8 form derived."""
+    """An int8 weight initializer with its Conv/MatMul/Gemm: the float master weight is trained, the int8 form derived."""
 
     node: str
     quantized: str
@@ -73,7 +74,7 @@ def dequantize(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.ndarra
 class QdqGraph(torch.nn.Module):
     """Runs a Q/DQ ONNX model in PyTorch with fake-quant at its Q/DQ nodes; ``learn_scales`` trains activation scales."""
 
-    def __init__(self, model: onnx.ModelProto, learn_scales: bool = True) -> None:
+    def __init__(self, model: onnx.ModelProto, learn_scales: bool = True, taps: Sequence[str] = ()) -> None:
         super().__init__()
         unsupported = sorted({n.op_type for n in model.graph.node} - set(SUPPORTED))
         if unsupported:
@@ -82,6 +83,7 @@ class QdqGraph(torch.nn.Module):
         self.nodes = list(model.graph.node)
         self.inputs = [i.name for i in model.graph.input]
         self.outputs = [o.name for o in model.graph.output]
+        self.taps = list(taps)  # intermediate tensors ``forward`` returns after the outputs (feature distillation)
         arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.arrays = arrays
         producers = {o: n for n in self.nodes for o in n.output}
@@ -91,7 +93,7 @@ class QdqGraph(torch.nn.Module):
         self.params = torch.nn.ParameterDict()
         self.consts: dict[str, torch.Tensor] = {}
         for node in self.nodes:
-            if node.op_type != "Conv":
+            if node.op_type not in WEIGHTED or len(node.input) < 2:
                 continue
             w_dq = producers.get(node.input[1])
             if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in arrays:
@@ -107,15 +109,40 @@ class QdqGraph(torch.nn.Module):
                 bq = BiasQ(b_dq.input[0], b_dq.input[1], x_dq.input[1], wq)
                 self.biases[b_dq.output[0]] = bq
                 self.params[_key(bq.quantized)] = torch.nn.Parameter(torch.from_numpy(dequantize(b_dq, arrays)))
+        self.float_params = self._float_affine(producers, arrays)
+        for name in self.float_params:
+            self.params[_key(name)] = torch.nn.Parameter(torch.from_numpy(arrays[name].copy()))
         for node in self.nodes:
             if node.op_type == "QuantizeLinear" and node.input[1] not in self.activation_scales:
                 self.activation_scales.append(node.input[1])
                 scale = torch.tensor(arrays[node.input[1]].astype(np.float32))
                 self.params[_key(node.input[1])] = torch.nn.Parameter(scale, requires_grad=learn_scales)
         for name, value in arrays.items():
-            if value.dtype.kind == "f" and _key(name) not in self.params:
+            if _key(name) not in self.params:
                 self.consts[name] = torch.from_numpy(value.copy())
 
+    def _float_affine(self, producers: dict[str, onnx.NodeProto], arrays: dict[str, np.ndarray]) -> list[str]:
+        """Float initializers trained beside the int8 weights: the bias Add after a quantized MatMul/Gemm (its
+        output re-quantized in between) and the scale and bias of a quantized LayerNormalization. A transformer's
+        biases and norms stay float in the deployed graph, and letting them move is most of what repairs it."""
+        quantized = {wq.node for wq in self.weights.values()}
+
+        def source(name: str) -> onnx.NodeProto | None:
+            node = producers.get(name)
+            while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                node = producers.get(node.input[0])
+            return node
+
+        out: list[str] = []
+        for node in self.nodes:
+            if node.op_type == "LayerNormalization" and getattr(producers.get(node.input[0]), "op_type", "") == "DequantizeLinear":
+                out += [n for n in node.input[1:] if n in arrays and arrays[n].dtype.kind == "f"]
+            elif node.op_type == "Add":
+                consts = [n for n in node.input if n in arrays and arrays[n].dtype.kind == "f" and arrays[n].ndim == 1]
+                others = [source(n) for n in node.input if n not in arrays]
+                if len(consts) == 1 and len(others) == 1 and others[0] is not None and others[0].name in quantized:
+                    out += consts
+        return list(dict.fromkeys(out))
 
     # ---- quantized numbers derived from the trained parameters (used by forward and by export) ----
     def weight_scale(self, wq: WeightQ) -> torch.Tensor:
@@ -150,19 +177,13 @@ class QdqGraph(torch.nn.Module):
             return env[name]
         if _key(name) in self.params:
             return self.params[_key(name)]
-        if name in self.consts:
-            return self.consts[name]
-        return torch.from_numpy(np.asarray(self.arrays[name]).copy())
-
-    def _ints(self, name: str) -> list[int]:
-        return [int(v) for v in np.asarray(self.arrays[name]).reshape(-1)]
+        return self.consts[name]
 
     def forward(self, *feeds: torch.Tensor) -> list[torch.Tensor]:
         env: dict[str, torch.Tensor] = dict(zip(self.inputs, feeds, strict=True))
         for node in self.nodes:
-            out = self._run(node, env)
-            env[node.output[0]] = out
-        return [env[o] for o in self.outputs]
+            env[node.output[0]] = self._run(node, env)
+        return [env[o] for o in self.outputs + self.taps]
 
     def _run(self, node: onnx.NodeProto, env: dict[str, torch.Tensor]) -> torch.Tensor:
         op, a = node.op_type, _attrs(node)
@@ -176,54 +197,17 @@ class QdqGraph(torch.nn.Module):
             scale = self._value(node.input[1], env)
             zp_arr = self.arrays[node.input[2]]
             low, high = _QRANGE[onnx.helper.np_dtype_to_tensor_dtype(zp_arr.dtype)]
-            return torch.clamp(round_ste(x / scale) + float(zp_arr), low, high)
+            zp = float(zp_arr)  # clamp before rounding: a masked -3.4e38 divides to -inf, which rounds to nan
+            return round_ste(torch.clamp(x / scale, low - zp, high - zp)) + zp
         if op == "DequantizeLinear":
             scale = self._value(node.input[1], env)
             zp = float(self.arrays[node.input[2]]) if len(node.input) > 2 else 0.0
-            return (x - zp) * scale
-        if op == "Conv":
-            w = self._value(node.input[1], env)
-            b = self._value(node.input[2], env) if len(node.input) > 2 and node.input[2] else None
-            pads = a.get("pads", [0] * 4)
-            if pads[:2] != pads[2:]:
-                x, pads = F.pad(x, (pads[1], pads[3], pads[0], pads[2])), [0, 0, 0, 0]
-            return F.conv2d(x, w, b, a.get("strides", [1, 1]), pads[:2], a.get("dilations", [1, 1]), a.get("group", 1))
-        if op in ("Mul", "Add", "Sub", "Div", "Pow"):
-            y = self._value(node.input[1], env)
-            return {"Mul": torch.mul, "Add": torch.add, "Sub": torch.sub, "Div": torch.div, "Pow": torch.pow}[op](x, y)
-        if op == "Sigmoid":
-            return torch.sigmoid(x)
-        if op == "Relu":
-            return torch.relu(x)
-        if op == "Identity":
-            return x
-        if op == "Concat":
-            return torch.cat([self._value(i, env) for i in node.input], dim=a["axis"])
-        if op == "Reshape":
-            shape = self._ints(node.input[1])
-            return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
-        if op == "Transpose":
-            return x.permute(a["perm"])
-        if op == "Slice":
-            starts, ends = self._ints(node.input[1]), self._ints(node.input[2])
-            axes = self._ints(node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-            steps = self._ints(node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-            index = [slice(None)] * x.ndim
-            for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
-                if st < 1:
-                    raise EdgekitError(f"QAT runs Slice with positive steps only; node {node.name} has step {st}")
-                dim = x.shape[ax]
-                index[ax] = slice(min(s, dim), min(e, dim), st)
-            return x[tuple(index)]
-        if op == "MaxPool":
-            pads = a.get("pads", [0] * 4)
-            return F.max_pool2d(x, a["kernel_shape"], a.get("strides", [1, 1]), pads[:2], a.get("dilations", [1, 1]), bool(a.get("ceil_mode", 0)))
-        if op == "Resize":
-            scales = np.asarray(self.arrays[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
-            if a.get("mode", b"nearest") != b"nearest" or a.get("coordinate_transformation_mode") != b"asymmetric" or scales is None:
-                raise EdgekitError(f"QAT runs Resize as nearest/asymmetric with scales only; node {node.name} is not")
-            return F.interpolate(x, scale_factor=[float(s) for s in scales[2:]], mode="nearest")
-        raise EdgekitError(f"QAT cannot run {op} (node {node.name})")
+            return (x.float() - zp) * scale
+        inputs = [self._value(i, env) if i else None for i in node.input]
+        try:
+            return OPS[op](inputs, a)
+        except EdgekitError as exc:
+            raise EdgekitError(f"{exc.args[0]} (node {node.name})") from None
 
     def export(self) -> onnx.ModelProto:
         """A copy of the Q/DQ model with the trained weights, biases and activation scales written in."""
@@ -249,6 +233,8 @@ class QdqGraph(torch.nn.Module):
                 q = torch.clamp(torch.round(b / s.double()), -(2**31), 2**31 - 1)
                 values[bq.quantized] = q.numpy().astype(np.int32)
                 values[bq.scale] = np.broadcast_to(s.numpy().astype(np.float32), q.shape).copy()
+            for name in self.float_params:
+                values[name] = self.params[_key(name)].detach().numpy().astype(self.arrays[name].dtype)
         for init in out.graph.initializer:
             if init.name in values:
                 init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
