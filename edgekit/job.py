@@ -240,34 +240,45 @@ class Job:
         return q.mode == "qat"
 
     def qat(self, graph: Graph, result) -> None:
-        """Label-free QAT of ONNX Runtime's Q/DQ graph (``edgekit.qat``): FP32 teaches it on the QAT images (the
-        calibration folder unless ``qat.images`` names others). Checkpoints live in the cache (keyed by graph, images
-        and settings), so an interrupted export resumes training where it stopped."""
-        from edgekit.qat.distill import QatSettings, train
+        """QAT of ONNX Runtime's Q/DQ graph in ``result`` (:meth:`train_qat`), recorded in its spec settings."""
+        result.model, record = self.train_qat(graph, result.model)
+        result.spec.settings = {**result.spec.settings, "qat_training": record}
+
+    def train_qat(self, graph: Graph, model: Any) -> tuple[Any, dict[str, Any]]:
+        """Label-free QAT of a Q/DQ graph (``edgekit.qat``): FP32 teaches it on the QAT samples (the ``qat.images``
+        folders; else the calibration folder, or the graph's own calibration texts for a text tower), with the
+        family's loss and, for transformers, each quantized LayerNorm output. Checkpoints live in the cache (keyed by
+        graph, samples and settings), so an interrupted export resumes training where it stopped."""
+        from edgekit.qat.distill import QatSettings, norm_outputs, train
         from edgekit.quantization.calibration import cache_dir, calibration_images, sample_digest
 
         q, feeds = self.recipe.quantization, graph.calibration
         c = q.qat
-        folders = c.images or [q.calibration.images]
-        items = [p for folder in folders for p in calibration_images(folder, c.count or 10**9, warn_below=1)]
-        self.record_samples(f"qat images {graph.name}", items)
+        own = list(feeds.items)
+        if c.images or not own or isinstance(own[0], Path):
+            folders = c.images or [q.calibration.images]
+            items = [p for folder in folders for p in calibration_images(folder, c.count or 10**9, warn_below=1)]
+        else:  # texts: the graph's own calibration captions
+            folders, items = ["calibration texts"], own[: c.count or None]
+        texts = bool(items) and not isinstance(items[0], Path)
+        self.record_samples(f"qat {'texts' if texts else 'images'} {graph.name}", items, "texts" if texts else "images")
         settings = QatSettings(steps=c.steps, lr=c.lr, scale_lr=c.scale_lr or c.lr, batch=c.batch, seed=c.seed, learn_scales=c.learn_scales,
-                               flip=c.flip, checkpoint_every=c.checkpoint_every, threads=self.run.threads)
-        digest = hashlib.sha256(result.model.SerializeToString(deterministic=True))
+                               flip=c.flip, checkpoint_every=c.checkpoint_every, threads=self.run.threads, feature_weight=c.feature_weight)
+        features = norm_outputs(model, load_onnx(graph.fp32)) if c.features else []
+        digest = hashlib.sha256(model.SerializeToString(deterministic=True))
         for item in items:
             digest.update(sample_digest(item).encode())
         checkpoint = cache_dir().parent / "qat" / f"{graph.name}-{digest.hexdigest()[:16]}"
-        out = train(result.model, graph.fp32, items, feeds.transform, settings, self.family.qat_loss(graph.name), checkpoint)
-        result.model = out.model
+        out = train(model, graph.fp32, items, feeds.transform, settings, self.family.qat_loss(graph.name), checkpoint, features=features)
         losses = out.losses
         record = {"images": len(items), "folders": [str(f) for f in folders], "settings": out.settings, "seconds": round(out.seconds, 1),
-                  "resumed_from_step": out.resumed_from, "peak_rss_mb": round(out.peak_rss_mb),
+                  "resumed_from_step": out.resumed_from, "peak_rss_mb": round(out.peak_rss_mb), "features": len(features),
                   "loss_first_10": round(float(np.mean(losses[:10])), 5), "loss_last_10": round(float(np.mean(losses[-10:])), 5),
                   "reaches": self.qat_targets()}
-        result.spec.settings = {**result.spec.settings, "qat_training": record}
         self.tuning_record(graph)["qat"] = record
-        progress.log(f"QAT: {c.steps} steps on {len(items)} images in {out.seconds:.0f} s, distillation loss "
+        progress.log(f"QAT {graph.name}: {c.steps} steps on {len(items)} samples in {out.seconds:.0f} s, distillation loss "
                      f"{record['loss_first_10']:.4f} -> {record['loss_last_10']:.4f}")
+        return out.model, record
 
     def carry_qat(self, graph: Graph, trained: Any) -> None:
         """What QAT learned, for TensorRT's own placement: the FP32 model with the trained weights and biases, and
@@ -287,6 +298,8 @@ class Job:
         out = []
         for t in self.recipe.targets:
             if t.precision != "int8" or t.accuracy_control:
+                continue
+            if t.backend not in self.family.qat_reaches:
                 continue
             if t.backend in ("onnxruntime", "tensorrt", "tflite") or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
                 out.append(t.name)

@@ -138,6 +138,8 @@ class QatSpec(_Strict):
     flip: bool = Field(True, description="random horizontal flips (seeded per step)")
     seed: int = 0
     checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints (an interrupted run resumes from the last)")
+    features: bool = Field(True, description="also distil each quantized LayerNormalization output (transformer blocks; CNNs have none)")
+    feature_weight: float = Field(1.0, gt=0, description="weight of that feature loss beside the output loss")
 
 
 class QuantizationSpec(_Strict):

@@ -96,3 +96,34 @@ def test_qat_raises_full_static_int8_cosine_on_held_out_captions(full_static, tm
     # the export carries what was trained: ORT's reference kernels agree with the trained fake-quant graph
     exact, cosine = _agreement(QdqGraph(result.model), _session(trained, optimize=False), tokenize, held_out[:24])
     assert exact >= 0.4 and cosine >= 0.98, (exact, cosine)
+
+
+def test_clip_export_with_full_int8_towers_and_qat(tmp_path):
+    """``clip.vision_int8: full``, ``text_int8: static`` with ``quantization.mode: qat`` through the CLI: vision gets
+    static Q/DQ on every float op, text on its weight MatMuls; both are distilled on their own calibration samples
+    (images, captions), and the record says so."""
+    import json
+
+    import yaml
+    from conftest import edgekit
+    from test_clip import _clip_recipe
+
+    path = _clip_recipe(tmp_path, ["onnxruntime:fp32", "onnxruntime:int8"], vision_int8="full", text_int8="static")
+    data = yaml.safe_load(path.read_text())
+    data["quantization"]["method"] = "percentile"
+    data["quantization"].pop("tuning")
+    data["quantization"]["mode"] = "qat"
+    data["quantization"]["qat"] = {"steps": 4, "batch": 2, "lr": 1e-5, "count": 8}
+    path.write_text(yaml.safe_dump(data))
+    result = edgekit("export", str(path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["name"] == "onnxruntime:int8")
+    for tower, samples in (("vision", 8), ("text", 8)):
+        record = report["tuning"]["graphs"][tower]["qat"]
+        assert record["images"] == samples and record["reaches"] == ["onnxruntime:int8"], record
+        assert (record["features"] > 0) == (tower == "vision")  # text: its LayerNorms stay float, nothing to tap
+        settings = int8["components"][tower]["settings"]["quantization"]
+        assert settings["qat_training"]["settings"]["steps"] == 4, settings.keys()
+        assert settings["placement"] == ("transformer-full" if tower == "vision" else "transformer"), settings["placement"]
+    assert int8["metrics"]["image_embedding_cosine"] > 0.95

@@ -76,6 +76,7 @@ class Family:
     metrics: ClassVar[tuple[str, ...]] = ()
     main_graph: ClassVar[str | None] = None
     supports_qat: ClassVar[bool] = False  # ``qat_loss`` gives a distillation loss for ``quantization.mode: qat``
+    qat_reaches: ClassVar[tuple[str, ...]] = ("onnxruntime",)  # backends whose int8 engine is built from what QAT trained
     keep_raw: ClassVar[bool] = True  # keep the unfused ``<graph>_fp32_raw.onnx`` exports in the run folder  # the graph a variant's ``model_path`` names (None: the first)  # metrics ``evaluate`` returns (budgets may name these)
 
     def __init__(self, job: Job) -> None:

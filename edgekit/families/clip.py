@@ -56,9 +56,12 @@ class RetrievalSpec(Strict):
 class ClipSpec(Strict):
     """CLIP towers: how each is quantized, what calibrates the text tower, and how the pair is evaluated."""
 
-    vision_int8: Literal["static", "float"] = Field("static", description="vision tower in int8 targets: static Q/DQ on the weight MatMuls, or kept float")
+    vision_int8: Literal["static", "full", "float"] = Field(
+        "static", description="vision tower in int8 targets: static Q/DQ on the weight MatMuls, on every float op (full: faster on ORT, "
+        "meant with quantization.mode: qat), or kept float")
     text_int8: Literal["dynamic", "static", "float"] = Field(
-        "dynamic", description="text tower in int8 targets: dynamic int8 MatMuls (ORT; weight-only int8 on OpenVINO), static Q/DQ, or float"
+        "dynamic", description="text tower in int8 targets: dynamic int8 MatMuls (ORT; weight-only int8 on OpenVINO), static Q/DQ on the "
+        "weight MatMuls, or float"
     )
     embedding_int8: bool = Field(True, description="int8 text towers also store the token embedding table as int8 rows (4x smaller)")
     smooth_quant: float | None = Field(None, gt=0, lt=1, description="SmoothQuant alpha: migrate activation outliers into LayerNorm-fed weights before static int8")
@@ -105,6 +108,7 @@ class _Towers:
 class Clip(Family):
     name = "clip"
     config = ClipSpec
+    supports_qat = True  # static and full towers, distilled by embedding cosine (only ORT runs the trained graph)
     metrics = ("zero_shot_top1", "zero_shot_top5", "retrieval_mean_recall", "image_embedding_cosine", "text_embedding_cosine",
                "class_embedding_cosine", "zero_shot_top1_agreement", "zero_shot_top5_overlap")
 
@@ -209,29 +213,38 @@ class Clip(Family):
     def quantize(self, graph: Graph) -> None:
         """Vision: static Q/DQ on the weight MatMuls. Text: dynamic int8 MatMuls (per output channel: on real
         all-MiniLM-L6-v2 weights per-tensor gave cosine 0.966, per-channel 0.9945, benchmarks/minilm_int8.py), or
-        static Q/DQ calibrated on captions. An int8 text tower also stores its token table as int8 rows."""
+        static Q/DQ calibrated on captions. ``full``: static Q/DQ on every float op, which ``quantization.mode: qat``
+        then distils from FP32 (embedding cosine). An int8 text tower also stores its token table as int8 rows."""
         from edgekit.quantization.dynamic import quantize_dynamic_matmul
+        from edgekit.quantization.placement import FULL_TRANSFORMER_PLACEMENT
         from edgekit.quantization.transformer_int8 import static_transformer_int8
 
         c, q, job = self.recipe.clip, self.recipe.quantization, self.job
         mode = c.vision_int8 if graph.name == "vision" else c.text_int8
-        graph.int8 = mode
+        graph.int8 = "static" if mode == "full" else mode  # backends with their own quantizer treat both as static
         if mode == "float":
             return
         path = job.stage / f"{graph.name}_int8.onnx"
         with job.timer(f"quantize {graph.name}"):
-            if mode == "static":
+            if mode in ("static", "full"):
                 feeds = graph.calibration
                 def choose(model, tensors, placement):
                     with job.timer(f"tune ranges {graph.name}"):
                         return job.choose_ranges(graph, model, tensors, placement)
 
+                placement = FULL_TRANSFORMER_PLACEMENT if mode == "full" else None
                 result = static_transformer_int8(graph.fp32, path, feeds.items, feeds.transform, q, job.run.threads, c.smooth_quant,
-                                                 {"tower": graph.name}, choose)
+                                                 {"tower": graph.name}, choose, placement)
                 settings = result.settings
                 graph.ranges, graph.ranges_settings, graph.ranges_model = result.ranges, result.calibration, result.source
             else:
                 settings = quantize_dynamic_matmul(graph.fp32, path, keep_float=q.keep_float.nodes, per_channel=q.per_channel)
+        if mode in ("static", "full") and job.wants_qat(graph):
+            with job.timer(f"qat {graph.name}"):
+                from edgekit.onnx_io import load_onnx, save_onnx
+
+                model, settings["qat_training"] = job.train_qat(graph, load_onnx(path))
+                save_onnx(model, path, {"tower": graph.name, "precision": "int8", "quantization": json.dumps(settings, sort_keys=True)})
         if graph.name == "text" and c.embedding_int8:
             from edgekit.onnx_io import load_onnx, save_onnx
             from edgekit.quantization.embedding import quantize_embedding_tables
@@ -240,6 +253,11 @@ class Clip(Family):
             save_onnx(model, path, {"embedding_tables": json.dumps(tables, sort_keys=True)})
             settings["embedding_tables"] = tables
         graph.quantized["int8"] = Quantized(path, mode, settings)
+
+    def qat_loss(self, graph: str):
+        from edgekit.qat.distill import embedding_loss
+
+        return embedding_loss
 
     def torch_source(self, graph: str) -> TorchSource:
         from edgekit.models.clip.family import TOWERS

@@ -71,6 +71,7 @@ class Yolo(Family):
     name = "yolo"
     metrics = ("mAP50-95", "mAP50")
     supports_qat = True
+    qat_reaches = ("onnxruntime", "tensorrt", "tflite", "openvino")
 
     @classmethod
     def check_recipe(cls, recipe) -> None:

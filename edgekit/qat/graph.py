@@ -78,7 +78,8 @@ class QdqGraph(torch.nn.Module):
         super().__init__()
         unsupported = sorted({n.op_type for n in model.graph.node} - set(SUPPORTED))
         if unsupported:
-            raise EdgekitError(f"QAT runs these ONNX ops: {', '.join(SUPPORTED)}; this graph also has {', '.join(unsupported)}")
+            raise EdgekitError(f"QAT cannot run these ONNX ops of the graph yet: {', '.join(unsupported)}",
+                               fix="use quantization.mode: ptq for this model")
         self.model = model
         self.nodes = list(model.graph.node)
         self.inputs = [i.name for i in model.graph.input]

@@ -140,6 +140,12 @@ def _max_pool(x: Inputs, a: dict) -> torch.Tensor:
     return F.max_pool2d(x[0], a["kernel_shape"], a.get("strides", [1, 1]), pads[:2], a.get("dilations", [1, 1]), bool(a.get("ceil_mode", 0)))
 
 
+def _argmax(x: Inputs, a: dict) -> torch.Tensor:
+    if a.get("select_last_index", 0):
+        raise EdgekitError("QAT runs ArgMax with select_last_index 0 only")
+    return torch.argmax(x[0], dim=a.get("axis", 0), keepdim=bool(a.get("keepdims", 1)))
+
+
 def _clip(x: Inputs, a: dict) -> torch.Tensor:
     low = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
     high = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
@@ -189,6 +195,8 @@ OPS: dict[str, Op] = {
     "Equal": lambda x, a: torch.eq(x[0], x[1]),
     "GreaterOrEqual": lambda x, a: torch.ge(x[0], x[1]),
     "Less": lambda x, a: torch.lt(x[0], x[1]),
+    "LessOrEqual": lambda x, a: torch.le(x[0], x[1]),
+    "ArgMax": _argmax,
     "Greater": lambda x, a: torch.gt(x[0], x[1]),
     "And": lambda x, a: torch.logical_and(x[0], x[1]),
     "Not": lambda x, a: torch.logical_not(x[0]),

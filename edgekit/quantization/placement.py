@@ -60,6 +60,11 @@ TENSORRT_PLACEMENT = Placement(
 # QLinearMatMul / MatMulIntegerToFloat; attention's activation x activation MatMuls, Softmax, LayerNorm, GELU and
 # the patch-embedding Conv stay float.
 TRANSFORMER_PLACEMENT = Placement(name="transformer", ops=frozenset({"MatMul", "Gemm"}), weighted_only=frozenset({"MatMul", "Gemm"}))
+# Every float op of a transformer (both kinds of MatMul, residual and bias Adds, Softmax, LayerNorm, GELU's Erf...):
+# faster on ORT than the weight MatMuls alone, and what PTQ cannot hold on real weights (all-MiniLM-L6-v2: cosine
+# 0.85); meant for quantization.mode: qat (benchmarks/qat_encoders.py).
+FULL_TRANSFORMER_PLACEMENT = Placement(name="transformer-full", ops=frozenset(
+    {"MatMul", "Gemm", "Add", "Mul", "Div", "Sub", "Pow", "Sqrt", "Softmax", "LayerNormalization", "Erf", "Tanh"}))
 # TensorRT on transformer towers: the Linear layers only (weight MatMuls/Gemms), symmetric int8 activations, float
 # biases. Residual Adds, LayerNorm, Softmax, GELU and attention's activation x activation MatMuls stay float: Q/DQ
 # on ViT residual Adds is what collapsed accuracy under Model Optimizer's default placement on Orin.

@@ -29,15 +29,17 @@ class TransformerInt8:
 
 def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Callable[[Any], dict], q: QuantizationSpec, threads: int,
                             smooth_quant: float | None = None, meta: dict[str, str] | None = None,
-                            choose: Callable[[Any, list[str], Any], tuple[str, float]] | None = None) -> TransformerInt8:
+                            choose: Callable[[Any, list[str], Any], tuple[str, float]] | None = None, placement: Any = None) -> TransformerInt8:
     """Write the int8 graph to ``out`` and its spec beside it (``*_quant_spec.json``); returns its settings and ranges.
 
     ``choose(model, tensors, placement) -> (method, percentile)`` resolves ``method: auto`` on the model actually
-    quantized (after SmoothQuant), e.g. ``Job.choose_ranges`` scoring candidates on the tuning samples."""
+    quantized (after SmoothQuant), e.g. ``Job.choose_ranges`` scoring candidates on the tuning samples. ``placement``:
+    default the weight MatMuls (``TRANSFORMER_PLACEMENT``)."""
     from edgekit.errors import EdgekitError
     from edgekit.quantization.placement import TRANSFORMER_PLACEMENT, quantized_nodes, tensors_to_quantize
     from edgekit.quantization.ptq import quantize_static
 
+    placement = placement or TRANSFORMER_PLACEMENT
     model = load_onnx(fp32)
     smooth = None
     if smooth_quant:
@@ -49,11 +51,11 @@ def static_transformer_int8(fp32: Path, out: Path, samples: list, preprocess: Ca
         if choose is None:
             raise EdgekitError("quantization.method: auto needs a tuning metric this graph's family does not give", out,
                                "set quantization.method to minmax, percentile, entropy or mse")
-        nodes = quantized_nodes(model, TRANSFORMER_PLACEMENT, q.keep_float.nodes, q.keep_float.op_types)
-        method, percentile = choose(model, tensors_to_quantize(model, nodes), TRANSFORMER_PLACEMENT)
+        nodes = quantized_nodes(model, placement, q.keep_float.nodes, q.keep_float.op_types)
+        method, percentile = choose(model, tensors_to_quantize(model, nodes), placement)
     result = quantize_static(
         model, samples, preprocess=preprocess, method=method, percentile=percentile, per_channel=q.per_channel,
-        float_nodes=q.keep_float.nodes, float_ops=q.keep_float.op_types, placement=TRANSFORMER_PLACEMENT,
+        float_nodes=q.keep_float.nodes, float_ops=q.keep_float.op_types, placement=placement,
         threads=threads, progress=progress.track,
     )
     settings = dict(result.spec.settings)
