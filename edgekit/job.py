@@ -255,13 +255,13 @@ class Job:
         q, feeds = self.recipe.quantization, graph.calibration
         c = q.qat
         own = list(feeds.items)
-        if c.images or not own or isinstance(own[0], Path):
+        unit = "images" if c.images or not own or isinstance(own[0], Path) else "texts"
+        if unit == "images":
             folders = c.images or [q.calibration.images]
             items = [p for folder in folders for p in calibration_images(folder, c.count or 10**9, warn_below=1)]
-        else:  # texts: the graph's own calibration captions
+        else:  # the graph's own calibration captions
             folders, items = ["calibration texts"], own[: c.count or None]
-        texts = bool(items) and not isinstance(items[0], Path)
-        self.record_samples(f"qat {'texts' if texts else 'images'} {graph.name}", items, "texts" if texts else "images")
+        self.record_samples(f"qat {unit} {graph.name}", items, unit)
         settings = QatSettings(steps=c.steps, lr=c.lr, scale_lr=c.scale_lr or c.lr, batch=c.batch, seed=c.seed, learn_scales=c.learn_scales,
                                flip=c.flip, checkpoint_every=c.checkpoint_every, threads=self.run.threads, feature_weight=c.feature_weight)
         features = norm_outputs(model, load_onnx(graph.fp32)) if c.features else []
@@ -292,16 +292,14 @@ class Job:
         self.tuning_record(graph)["qat"]["carried_to_tensorrt"] = {"convs": convs, "ranges": replaced, "model": graph.trained_model.name}
 
     def qat_targets(self) -> list[str]:
-        """The int8 targets that run what QAT trained: ONNX Runtime's graph, OpenVINO's import of it unless it
-        quantizes with NNCF, TensorRT's placement from the trained weights and ranges, and LiteRT's conversion of the
-        trained weights."""
+        """The int8 targets (of the backends in ``family.qat_reaches``) that run what QAT trained: ONNX Runtime's graph,
+        OpenVINO's import of it unless it quantizes with NNCF, TensorRT's placement from the trained weights and
+        ranges, and LiteRT's conversion of the trained weights."""
         out = []
         for t in self.recipe.targets:
             if t.precision != "int8" or t.accuracy_control:
                 continue
-            if t.backend not in self.family.qat_reaches:
-                continue
-            if t.backend in ("onnxruntime", "tensorrt", "tflite") or (t.backend == "openvino" and self.recipe.openvino.int8_from != "nncf"):
+            if t.backend in self.family.qat_reaches and (t.backend != "openvino" or self.recipe.openvino.int8_from != "nncf"):
                 out.append(t.name)
         return out
 
